@@ -1,0 +1,1 @@
+"""Deduplicating, compressed, optionally encrypted backups of VMs, granular per disk."""

@@ -1,0 +1,1 @@
+"""VMDK: text descriptors and the binary extent kinds."""

@@ -1,0 +1,1 @@
+"""Read-only FUSE mounts of datastores, VM snapshots and backup repositories."""

@@ -1,0 +1,272 @@
+"""`ByteSource`: the one random-access interface every layer of vmsift reads through.
+
+A source has a ``size``, ``read(offset, length)`` (short only at the end) and
+``extents(offset, length)``, which yields its allocation map as `Run`s of DATA, ZERO (known
+to read as zeros) and HOLE (unallocated: reads as zeros, or falls through to a parent disk).
+Layers pass the map through instead of reading zeros.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+import errno
+import os
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
+
+from .errors import LimitError, SourceError, TruncatedError
+
+
+class Alloc(enum.Enum):
+    DATA = "data"
+    ZERO = "zero"
+    HOLE = "hole"
+
+
+class Run(NamedTuple):
+    offset: int
+    length: int
+    kind: Alloc
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+def _clip(size: int, offset: int, length: int | None) -> tuple[int, int]:
+    """Clip a requested range to ``[0, size)``; return (offset, end)."""
+    if offset < 0 or (length is not None and length < 0):
+        raise ValueError("negative offset or length")
+    end = size if length is None else min(size, offset + length)
+    return min(offset, size), end
+
+
+def merge_runs(runs: Iterator[Run]) -> Iterator[Run]:
+    """Join adjacent runs of the same kind."""
+    pending: Run | None = None
+    for run in runs:
+        if run.length == 0:
+            continue
+        if pending and pending.kind == run.kind and pending.end == run.offset:
+            pending = Run(pending.offset, pending.length + run.length, run.kind)
+            continue
+        if pending:
+            yield pending
+        pending = run
+    if pending:
+        yield pending
+
+
+class ByteSource:
+    """Read-only random access to ``size`` bytes, named for error messages."""
+
+    name: str = "<source>"
+    size: int = 0
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Return ``length`` bytes at ``offset``; fewer only when the end is reached."""
+        raise NotImplementedError
+
+    def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Run]:
+        """Yield the allocation map of ``[offset, offset+length)`` as merged runs."""
+        start, end = _clip(self.size, offset, length)
+        if end > start:
+            yield Run(start, end - start, Alloc.DATA)
+
+    def read_exact(self, offset: int, length: int, what: str = "data") -> bytes:
+        """Read exactly ``length`` bytes or raise `TruncatedError` naming this source."""
+        data = self.read(offset, length)
+        if len(data) != length:
+            raise TruncatedError(
+                f"{what} needs {length} bytes, only {len(data)} before the end "
+                f"(size {self.size})", source=self.name, offset=offset)
+        return data
+
+    def read_all(self, limit: int, what: str = "file") -> bytes:
+        """Read the whole source, refusing sources larger than ``limit`` bytes."""
+        if self.size > limit:
+            raise LimitError(f"{what} is {self.size} bytes, more than the {limit} allowed",
+                             source=self.name)
+        return self.read_exact(0, self.size, what)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} size={self.size}>"
+
+
+class BytesSource(ByteSource):
+    """A source over bytes already in memory (small metadata, tests)."""
+
+    def __init__(self, data: bytes, name: str = "<bytes>"):
+        self._data = bytes(data)
+        self.size = len(self._data)
+        self.name = name
+
+    def read(self, offset: int, length: int) -> bytes:
+        start, end = _clip(self.size, offset, length)
+        return self._data[start:end]
+
+
+class FileSource(ByteSource):
+    """A host file or block device, opened read-only.
+
+    The allocation map comes from ``SEEK_DATA``/``SEEK_HOLE``: holes in the host file are
+    HOLE runs. Where the file system cannot tell, the whole file is DATA.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.name = os.fspath(path)
+        try:
+            self._fd = os.open(self.name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as e:
+            raise SourceError(f"cannot open: {e.strerror}", source=self.name) from None
+        try:
+            self.size = os.lseek(self._fd, 0, os.SEEK_END)
+        except OSError as e:
+            os.close(self._fd)
+            raise SourceError(f"cannot find size: {e.strerror}", source=self.name) from None
+
+    def read(self, offset: int, length: int) -> bytes:
+        start, end = _clip(self.size, offset, length)
+        chunks = []
+        while start < end:
+            try:
+                chunk = os.pread(self._fd, end - start, start)
+            except OSError as e:
+                raise SourceError(f"read failed: {e.strerror}", source=self.name,
+                                  offset=start) from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+            start += len(chunk)
+        return b"".join(chunks)
+
+    def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Run]:
+        start, end = _clip(self.size, offset, length)
+        pos = start
+        while pos < end:
+            try:
+                data = os.lseek(self._fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:  # no data after pos
+                    yield Run(pos, end - pos, Alloc.HOLE)
+                    return
+                yield Run(pos, end - pos, Alloc.DATA)  # no SEEK_DATA support
+                return
+            if data > pos:
+                yield Run(pos, min(data, end) - pos, Alloc.HOLE)
+                pos = min(data, end)
+                if pos >= end:
+                    return
+            hole = os.lseek(self._fd, pos, os.SEEK_HOLE)
+            yield Run(pos, min(hole, end) - pos, Alloc.DATA)
+            pos = min(hole, end)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class SliceSource(ByteSource):
+    """The byte range ``[start, start+length)`` of another source."""
+
+    def __init__(self, parent: ByteSource, start: int, length: int, name: str | None = None):
+        if start < 0 or length < 0:
+            raise ValueError("negative slice")
+        self.parent = parent
+        self.start = start
+        self.size = length
+        self.name = name or f"{parent.name}[{start:#x}+{length:#x}]"
+
+    def read(self, offset: int, length: int) -> bytes:
+        start, end = _clip(self.size, offset, length)
+        data = self.parent.read(self.start + start, end - start)
+        if len(data) < end - start and self.start + end <= self.parent.size:
+            raise TruncatedError("short read inside a slice", source=self.parent.name,
+                                 offset=self.start + start + len(data))
+        return data
+
+    def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Run]:
+        start, end = _clip(self.size, offset, length)
+        covered = start
+        for run in self.parent.extents(self.start + start, end - start):
+            yield Run(run.offset - self.start, run.length, run.kind)
+            covered = run.end - self.start
+        if covered < end:  # slice reaches past the end of its parent
+            yield Run(covered, end - covered, Alloc.HOLE)
+
+
+class ZeroSource(ByteSource):
+    """``size`` bytes of zeros, all one ZERO run."""
+
+    def __init__(self, size: int, name: str = "<zero>"):
+        if size < 0:
+            raise ValueError("negative size")
+        self.size = size
+        self.name = name
+
+    def read(self, offset: int, length: int) -> bytes:
+        start, end = _clip(self.size, offset, length)
+        return bytes(end - start)
+
+    def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Run]:
+        start, end = _clip(self.size, offset, length)
+        if end > start:
+            yield Run(start, end - start, Alloc.ZERO)
+
+
+class ConcatSource(ByteSource):
+    """Several sources one after the other, as one."""
+
+    def __init__(self, parts: Sequence[ByteSource], name: str | None = None):
+        self.parts = list(parts)
+        self._starts = []
+        pos = 0
+        for part in self.parts:
+            self._starts.append(pos)
+            pos += part.size
+        self.size = pos
+        self.name = name or "+".join(p.name for p in self.parts)
+
+    def _pieces(self, start: int, end: int) -> Iterator[tuple[int, ByteSource, int, int]]:
+        """Yield (virtual offset, part, offset in part, length) covering [start, end)."""
+        i = max(bisect.bisect_right(self._starts, start) - 1, 0)
+        pos = start
+        while pos < end and i < len(self.parts):
+            part, base = self.parts[i], self._starts[i]
+            n = min(end, base + part.size) - pos
+            if n > 0:
+                yield pos, part, pos - base, n
+                pos += n
+            i += 1
+
+    def read(self, offset: int, length: int) -> bytes:
+        start, end = _clip(self.size, offset, length)
+        out = []
+        for pos, part, inner, n in self._pieces(start, end):
+            out.append(part.read_exact(inner, n, "extent data"))
+        return b"".join(out)
+
+    def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Run]:
+        start, end = _clip(self.size, offset, length)
+
+        def shifted() -> Iterator[Run]:
+            for pos, part, inner, n in self._pieces(start, end):
+                for run in part.extents(inner, n):
+                    yield Run(run.offset - inner + pos, run.length, run.kind)
+
+        return merge_runs(shifted())
+
+    def close(self) -> None:
+        for part in self.parts:
+            part.close()
