@@ -25,9 +25,9 @@ HEAD_SIZE = 64 * 1024
 
 def _detectors() -> list[ModuleType]:
     """Format modules in the order they are tried: binary magics first, loose text last."""
-    from .formats import ctk, memory, nvram, vmcfg, vmlog, vmsd, vmsn, vmx, vmxf
+    from .formats import vmsd, vmx
     from .formats.vmdk import descriptor, sparse
-    return [sparse, nvram, vmsn, ctk, vmxf, descriptor, vmsd, vmx, vmcfg, vmlog, memory]
+    return [sparse, descriptor, vmsd, vmx]
 
 
 def detect(src: ByteSource) -> tuple[ModuleType, str]:

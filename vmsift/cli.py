@@ -1,0 +1,123 @@
+"""The ``vmsift`` command line: options in, library calls, reports out (text or JSON).
+
+Exit codes (see docs/cli.md): 0 success, 2 usage, and each `VmsiftError` class's own code;
+70 for an internal error (a bug: please report it; VMSIFT_DEBUG=1 shows the traceback).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import sys
+import traceback
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import VmsiftError
+from .report import Report, Table
+
+JSON_SCHEMA_VERSION = 1
+INTERNAL_ERROR = 70
+MAX_CELL = 80
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return value.hex()
+    if isinstance(value, enum.Enum):
+        return value.value
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def report_document(path: str, report: Report) -> dict[str, Any]:
+    """The stable JSON document of `vmsift inspect --json` (docs/json.md)."""
+    return {"vmsift": __version__, "schema": JSON_SCHEMA_VERSION, "path": path,
+            "kind": report.kind, "title": report.title, "detected_by": report.detected_by,
+            "data": report.data, "warnings": report.warnings}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    text = str(value).replace("\n", "\\n")
+    return text if len(text) <= MAX_CELL else text[:MAX_CELL - 1] + "…"
+
+
+def render_table(table: Table) -> list[str]:
+    if not table.rows:
+        return [f"{table.title}: none"]
+    cells = [[_cell(c) for c in row] for row in table.rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(table.columns)]
+    fmt = lambda row: "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa: E731
+    return [f"{table.title} ({len(cells)})", fmt(table.columns),
+            fmt(["-" * w for w in widths]), *map(fmt, cells)]
+
+
+def render_text(path: str, report: Report) -> str:
+    lines = [f"{path}: {report.title}"]
+    shown = {k: v for k, v in report.fields.items() if v is not None}
+    width = max((len(k) for k in shown), default=0)
+    lines += [f"  {k.ljust(width)}  {_cell(v)}" for k, v in shown.items()]
+    for table in report.tables:
+        lines += ["", *render_table(table)]
+    return "\n".join(lines)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vmsift")
+def cli() -> None:
+    """Read, inspect and export the storage behind VMware and Oracle VM machines."""
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=True, allow_dash=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the stable JSON document.")
+def inspect(path: str, as_json: bool) -> None:
+    """Decode one VM file, whatever its kind, recognised by its content.
+
+    Knows .vmx, .vmsd, .vmxf, .vmtm, Oracle VM vm.cfg, VMDK descriptors and sparse extents,
+    -ctk.vmdk, .nvram, .vmsn/.vmss, .vmem/.vswp and vmware.log.
+    """
+    from .inspect import inspect_path
+
+    report = inspect_path(path)
+    if as_json:
+        click.echo(json.dumps(report_document(path, report), indent=2, ensure_ascii=False,
+                              default=_json_default))
+    else:
+        click.echo(render_text(path, report))
+        for warning in report.warnings:
+            click.echo(f"warning: {warning}", err=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; map errors to one line on stderr and their exit code."""
+    try:
+        cli.main(args=argv, prog_name="vmsift", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("vmsift: aborted", err=True)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except VmsiftError as e:
+        click.echo(f"vmsift: error: {e}", err=True)
+        return e.exit_code
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # a bug: say so in one line unless debugging
+        if os.environ.get("VMSIFT_DEBUG"):
+            traceback.print_exc()
+        click.echo(f"vmsift: internal error: {type(e).__name__}: {e} "
+                   "(a bug; set VMSIFT_DEBUG=1 for details)", err=True)
+        return INTERNAL_ERROR
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())
