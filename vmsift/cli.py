@@ -83,8 +83,11 @@ def inspect(path: str, as_json: bool) -> None:
     Knows .vmx, .vmsd, .vmxf, .vmtm, Oracle VM vm.cfg, VMDK descriptors and sparse extents,
     -ctk.vmdk, .nvram, .vmsn/.vmss, .vmem/.vswp and vmware.log.
     """
-    from .inspect import inspect_path
+    from .inspect import inspect_folder, inspect_path
 
+    if os.path.isdir(path):
+        _inspect_folder(path, inspect_folder(path), as_json)
+        return
     report = inspect_path(path)
     if as_json:
         click.echo(json.dumps(report_document(path, report), indent=2, ensure_ascii=False,
@@ -93,6 +96,36 @@ def inspect(path: str, as_json: bool) -> None:
         click.echo(render_text(path, report))
         for warning in report.warnings:
             click.echo(f"warning: {warning}", err=True)
+
+
+def _error_document(error: VmsiftError) -> dict[str, Any]:
+    return {"class": type(error).__name__, "message": str(error), "exit_code": error.exit_code}
+
+
+def _inspect_folder(path: str, entries: list, as_json: bool) -> None:
+    """Print every file of a folder; files of unknown kind are listed, damaged ones named."""
+    if as_json:
+        files = []
+        for e in entries:
+            doc = {"name": e.name, "size": e.size}
+            if e.report:
+                doc.update(report_document(os.path.join(path, e.name), e.report))
+            else:
+                doc["error"] = _error_document(e.error)
+            files.append(doc)
+        click.echo(json.dumps({"vmsift": __version__, "schema": JSON_SCHEMA_VERSION,
+                               "path": path, "kind": "folder", "files": files},
+                              indent=2, ensure_ascii=False, default=_json_default))
+        return
+    rows = [[e.name, e.size, e.report.kind if e.report else "-",
+             e.report.title if e.report else str(e.error.message)] for e in entries]
+    click.echo(f"{path}: folder")
+    click.echo("\n".join(["", *render_table(Table("files", ["name", "size", "kind", "what"], rows))]))
+    for e in entries:
+        if e.report:
+            click.echo("\n" + render_text(os.path.join(path, e.name), e.report))
+            for warning in e.report.warnings:
+                click.echo(f"warning: {e.name}: {warning}", err=True)
 
 
 def main(argv: list[str] | None = None) -> int:

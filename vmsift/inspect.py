@@ -14,9 +14,10 @@ when no content test matched, and the report then says ``detected_by = "extensio
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from types import ModuleType
 
-from .errors import SourceError, UnsupportedError
+from .errors import SourceError, UnsupportedError, VmsiftError
 from .report import Report
 from .source import ByteSource, FileSource
 
@@ -52,11 +53,43 @@ def inspect_source(src: ByteSource) -> Report:
     return report
 
 
+@dataclass
+class FolderEntry:
+    """One file of a folder: its report, or the error that stopped decoding it."""
+
+    name: str
+    size: int
+    report: Report | None = None
+    error: VmsiftError | None = None
+
+
+def inspect_folder(path: str | os.PathLike) -> list[FolderEntry]:
+    """Decode every regular file directly inside ``path``; symlinks are listed, not followed."""
+    path = os.fspath(path)
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+    except OSError as e:
+        raise SourceError(f"cannot list folder: {e.strerror}", source=path) from None
+    out = []
+    for entry in entries:
+        if entry.is_symlink():
+            out.append(FolderEntry(entry.name, 0, error=UnsupportedError(
+                f"symbolic link to {os.readlink(entry.path)!r}, not followed", source=entry.path)))
+        elif entry.is_file(follow_symlinks=False):
+            item = FolderEntry(entry.name, entry.stat(follow_symlinks=False).st_size)
+            try:
+                item.report = inspect_path(entry.path)
+            except VmsiftError as e:
+                item.error = e
+            out.append(item)
+    return out
+
+
 def inspect_path(path: str | os.PathLike) -> Report:
     """Decode the file at ``path`` (opened read-only)."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        raise UnsupportedError("is a folder; inspect takes one file", source=path)
+        raise UnsupportedError("is a folder; use inspect_folder", source=path)
     if not os.path.exists(path):
         raise SourceError("no such file", source=path)
     with FileSource(path) as src:
