@@ -34,7 +34,7 @@ class Run(NamedTuple):
         return self.offset + self.length
 
 
-def _clip(size: int, offset: int, length: int | None) -> tuple[int, int]:
+def clip(size: int, offset: int, length: int | None) -> tuple[int, int]:
     """Clip a requested range to ``[0, size)``; return (offset, end)."""
     if offset < 0 or (length is not None and length < 0):
         raise ValueError("negative offset or length")
@@ -70,7 +70,7 @@ class ByteSource:
 
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Run]:
         """Yield the allocation map of ``[offset, offset+length)`` as merged runs."""
-        start, end = _clip(self.size, offset, length)
+        start, end = clip(self.size, offset, length)
         if end > start:
             yield Run(start, end - start, Alloc.DATA)
 
@@ -112,7 +112,7 @@ class BytesSource(ByteSource):
         self.name = name
 
     def read(self, offset: int, length: int) -> bytes:
-        start, end = _clip(self.size, offset, length)
+        start, end = clip(self.size, offset, length)
         return self._data[start:end]
 
 
@@ -136,7 +136,7 @@ class FileSource(ByteSource):
             raise SourceError(f"cannot find size: {e.strerror}", source=self.name) from None
 
     def read(self, offset: int, length: int) -> bytes:
-        start, end = _clip(self.size, offset, length)
+        start, end = clip(self.size, offset, length)
         chunks = []
         while start < end:
             try:
@@ -151,7 +151,7 @@ class FileSource(ByteSource):
         return b"".join(chunks)
 
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Run]:
-        start, end = _clip(self.size, offset, length)
+        start, end = clip(self.size, offset, length)
         pos = start
         while pos < end:
             try:
@@ -189,7 +189,7 @@ class SliceSource(ByteSource):
         self.name = name or f"{parent.name}[{start:#x}+{length:#x}]"
 
     def read(self, offset: int, length: int) -> bytes:
-        start, end = _clip(self.size, offset, length)
+        start, end = clip(self.size, offset, length)
         data = self.parent.read(self.start + start, end - start)
         if len(data) < end - start and self.start + end <= self.parent.size:
             raise TruncatedError("short read inside a slice", source=self.parent.name,
@@ -197,7 +197,7 @@ class SliceSource(ByteSource):
         return data
 
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Run]:
-        start, end = _clip(self.size, offset, length)
+        start, end = clip(self.size, offset, length)
         covered = start
         for run in self.parent.extents(self.start + start, end - start):
             yield Run(run.offset - self.start, run.length, run.kind)
@@ -216,11 +216,11 @@ class ZeroSource(ByteSource):
         self.name = name
 
     def read(self, offset: int, length: int) -> bytes:
-        start, end = _clip(self.size, offset, length)
+        start, end = clip(self.size, offset, length)
         return bytes(end - start)
 
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Run]:
-        start, end = _clip(self.size, offset, length)
+        start, end = clip(self.size, offset, length)
         if end > start:
             yield Run(start, end - start, Alloc.ZERO)
 
@@ -251,14 +251,14 @@ class ConcatSource(ByteSource):
             i += 1
 
     def read(self, offset: int, length: int) -> bytes:
-        start, end = _clip(self.size, offset, length)
+        start, end = clip(self.size, offset, length)
         out = []
         for pos, part, inner, n in self._pieces(start, end):
             out.append(part.read_exact(inner, n, "extent data"))
         return b"".join(out)
 
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Run]:
-        start, end = _clip(self.size, offset, length)
+        start, end = clip(self.size, offset, length)
 
         def shifted() -> Iterator[Run]:
             for pos, part, inner, n in self._pieces(start, end):

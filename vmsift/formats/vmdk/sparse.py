@@ -8,15 +8,19 @@ is then in the footer, a copy of the header 1024 bytes before the end of the fil
 
 from __future__ import annotations
 
+import array
 import enum
+import sys
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from construct import Bytes, Const, Int8ul, Int16ul, Int32ul, Int64ul, Struct
 
-from ...errors import FormatError
+from ...errors import FormatError, TruncatedError, check_limit
 from ...report import Report, Table
-from ...source import ByteSource
+from ...source import Alloc, ByteSource, Run, clip, merge_runs
 from . import descriptor as descriptor_mod
 
 KIND = "vmdk-sparse"
@@ -159,3 +163,206 @@ def inspect(src: ByteSource) -> Report:
                             f"header capacity is {header.capacity}")
     title = "VMDK streamOptimized extent" if header.stream_optimized else "VMDK sparse extent"
     return Report(KIND, title, data, fields, tables, warnings)
+
+
+# --- reading grains -----------------------------------------------------------------------
+
+MAX_GRAIN_SECTORS = 2048          # 1 MiB; VMware uses 128
+MAX_CAPACITY_SECTORS = 1 << 40    # 512 TiB, far above any hosted sparse disk
+MAX_GD_BYTES = 256 << 20
+GT_CACHE = 4096                   # grain tables kept in memory (2 KiB each for 512 entries)
+
+GrainMarker = Struct("lba" / Int64ul, "size" / Int32ul)
+MetaMarker = Struct("sectors" / Int64ul, "size" / Int32ul, "type" / Int32ul)
+
+
+class MarkerType(enum.IntEnum):
+    EOS = 0
+    GRAIN_TABLE = 1
+    GRAIN_DIRECTORY = 2
+    FOOTER = 3
+
+
+def _uint32s(raw: bytes) -> array.array:
+    table = array.array("I")
+    table.frombytes(raw)
+    if sys.byteorder == "big":
+        table.byteswap()
+    return table
+
+
+class SparseExtent(ByteSource):
+    """A hosted sparse extent (monolithicSparse, -s001, streamOptimized) as ``capacity`` bytes.
+
+    Unallocated grains are HOLE runs (they fall through to a parent disk); zeroed-grain
+    entries are ZERO runs. Grain tables are read lazily and the allocation map never reads
+    grain data. Compressed grains (streamOptimized) are inflated one at a time.
+    """
+
+    def __init__(self, src: ByteSource, header: Header | None = None):
+        self.file = src
+        self.name = src.name
+        header = header or read_header(src)
+        if header.gd_offset == GD_AT_END:
+            header = self._footer(src)
+        self.header = header
+        self.compressed = bool(header.flags & SparseFlags.COMPRESSED)
+        self.zeroed_grains = bool(header.flags & SparseFlags.ZEROED_GRAIN_GTE)
+        g = header.grain_size
+        if g < 1 or g > MAX_GRAIN_SECTORS or g & (g - 1):
+            raise FormatError(f"grain size {g} sectors is not a power of two up to "
+                              f"{MAX_GRAIN_SECTORS}", source=src.name, offset=20)
+        check_limit(header.capacity, MAX_CAPACITY_SECTORS, "capacity (sectors)",
+                    source=src.name, offset=12)
+        check_limit(header.num_gtes_per_gt, 4096, "grain table entries per table",
+                    source=src.name, offset=44)
+        if header.num_gtes_per_gt == 0:
+            raise FormatError("zero grain table entries per table", source=src.name, offset=44)
+        self.size = header.capacity * SECTOR
+        self.grain_bytes = g * SECTOR
+        self.gt_span = header.num_gtes_per_gt * self.grain_bytes
+        self.gd = self._read_gd(header.gd_offset)
+        self._gt_cache: dict[int, array.array] = {}
+        self._last_grain: tuple[int, bytes] | None = None
+
+    @staticmethod
+    def _footer(src: ByteSource) -> Header:
+        """The copy of the header near the end of a streamOptimized file (real gdOffset)."""
+        offset = src.size - 2 * SECTOR
+        if offset < SECTOR:
+            raise FormatError("grain directory is at the end but the file has no footer",
+                              source=src.name, offset=56)
+        footer = parse_header(src.read_exact(offset, SECTOR, "footer"), src.name, offset)
+        if footer.gd_offset == GD_AT_END:
+            raise FormatError("footer has no grain directory offset", source=src.name,
+                              offset=offset + 56)
+        return footer
+
+    def _read_gd(self, gd_sector: int) -> array.array:
+        count = -(-self.size // self.gt_span)
+        nbytes = count * 4
+        offset = gd_sector * SECTOR
+        check_limit(nbytes, MAX_GD_BYTES, "grain directory size", source=self.name, offset=56)
+        if offset + nbytes > self.file.size:
+            raise FormatError(f"grain directory of {count} entries at {offset:#x} runs past "
+                              f"the end of the file ({self.file.size:#x})",
+                              source=self.name, offset=offset)
+        return _uint32s(self.file.read_exact(offset, nbytes, "grain directory"))
+
+    def _gt(self, index: int) -> array.array | None:
+        """Grain table ``index``, or None where the directory has no table."""
+        sector = self.gd[index]
+        if sector == 0:
+            return None
+        table = self._gt_cache.get(index)
+        if table is None:
+            nbytes = self.header.num_gtes_per_gt * 4
+            offset = sector * SECTOR
+            if offset + nbytes > self.file.size:
+                raise FormatError(f"grain directory entry {index} points past the end "
+                                  f"({offset:#x})", source=self.name,
+                                  offset=self.header.gd_offset * SECTOR + 4 * index)
+            table = _uint32s(self.file.read_exact(offset, nbytes, "grain table"))
+            if len(self._gt_cache) >= GT_CACHE:
+                self._gt_cache.pop(next(iter(self._gt_cache)))
+            self._gt_cache[index] = table
+        return table
+
+    def _kind(self, entry: int) -> Alloc:
+        if entry == 0:
+            return Alloc.HOLE
+        if entry == 1 and self.zeroed_grains:
+            return Alloc.ZERO
+        return Alloc.DATA
+
+    def grain_entries(self, start: int, end: int) -> Iterator[tuple[int, int]]:
+        """(grain number, table entry) for grains in [start, end); whole missing tables give
+        one (first grain, 0) pair per table."""
+        per_gt = self.header.num_gtes_per_gt
+        grain = start
+        while grain < end:
+            gt_index, first = divmod(grain, per_gt)
+            stop = min(end, (gt_index + 1) * per_gt)
+            table = self._gt(gt_index)
+            if table is None:
+                yield grain, 0
+            else:
+                for i in range(first, first + stop - grain):
+                    yield gt_index * per_gt + i, table[i]
+            grain = stop
+
+    def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Run]:
+        start, end = clip(self.size, offset, length)
+        if end <= start:
+            return iter(())
+        gb = self.grain_bytes
+        per_gt = self.header.num_gtes_per_gt
+
+        def runs() -> Iterator[Run]:
+            for grain, entry in self.grain_entries(start // gb, -(-end // gb)):
+                lo = max(grain * gb, start)
+                span = per_gt - grain % per_gt if entry == 0 and self.gd[grain // per_gt] == 0 \
+                    else 1
+                hi = min((grain + span) * gb, end)
+                yield Run(lo, hi - lo, self._kind(entry))
+
+        return merge_runs(runs())
+
+    def _grain_data(self, grain: int, entry: int) -> bytes:
+        """The bytes of one allocated grain (inflated when compressed)."""
+        offset = entry * SECTOR
+        if not self.compressed:
+            return self.file.read(offset, self.grain_bytes)
+        if self._last_grain and self._last_grain[0] == grain:
+            return self._last_grain[1]
+        marker = GrainMarker.parse(self.file.read_exact(offset, 12, "grain marker"))
+        limit = self.grain_bytes + 4096 + self.grain_bytes // 8
+        if marker.size == 0 or marker.size > limit:
+            raise FormatError(f"grain marker of grain {grain} claims {marker.size} compressed "
+                              f"bytes", source=self.name, offset=offset + 8)
+        packed = self.file.read_exact(offset + 12, marker.size, "compressed grain")
+        try:
+            inflater = zlib.decompressobj()
+            data = inflater.decompress(packed, self.grain_bytes)
+        except zlib.error as e:
+            raise FormatError(f"compressed grain {grain} is damaged: {e}", source=self.name,
+                              offset=offset + 12) from None
+        self._last_grain = (grain, data)
+        return data
+
+    def read(self, offset: int, length: int) -> bytes:
+        start, end = clip(self.size, offset, length)
+        out = bytearray(end - start)
+        gb = self.grain_bytes
+        pending: list[int] = []  # [virtual start, file offset, length] of a coalesced read
+
+        def flush() -> None:
+            if pending:
+                vstart, foff, n = pending
+                data = self.file.read(foff, n)
+                if len(data) < n:
+                    raise TruncatedError(f"grain data at {foff:#x}+{n:#x} runs past the end of "
+                                         f"the file", source=self.name, offset=foff + len(data))
+                out[vstart - start:vstart - start + n] = data
+                pending.clear()
+
+        for grain, entry in self.grain_entries(start // gb, -(-end // gb)):
+            lo, hi = max(grain * gb, start), min((grain + 1) * gb, end)
+            if self._kind(entry) is not Alloc.DATA:
+                continue
+            if self.compressed:
+                data = self._grain_data(grain, entry)
+                piece = data[lo - grain * gb:hi - grain * gb]
+                if len(piece) < hi - lo:
+                    raise FormatError(f"compressed grain {grain} inflates to {len(data)} bytes",
+                                      source=self.name, offset=entry * SECTOR)
+                out[lo - start:hi - start] = piece
+                continue
+            foff = entry * SECTOR + (lo - grain * gb)
+            if pending and pending[1] + pending[2] == foff and pending[0] + pending[2] == lo:
+                pending[2] += hi - lo
+            else:
+                flush()
+                pending[:] = [lo, foff, hi - lo]
+        flush()
+        return bytes(out)
