@@ -98,6 +98,89 @@ def inspect(path: str, as_json: bool) -> None:
             click.echo(f"warning: {warning}", err=True)
 
 
+@cli.group()
+def disk() -> None:
+    """Open a VMware virtual disk with its snapshot chain: info, map, export."""
+
+
+def _disk_options(f):
+    f = click.option("--datastore", type=click.Path(file_okay=False, exists=True),
+                     help="Folder that holds the whole chain (default: the disk's folder).")(f)
+    f = click.option("--no-verify", is_flag=True,
+                     help="Read on when CIDs or capacities of the chain disagree (warns).")(f)
+    return click.argument("vmdk", type=click.Path(dir_okay=False))(f)
+
+
+def _open_disk(vmdk: str, datastore: str | None, no_verify: bool):
+    from .datastore.disk import open_disk
+    from .datastore.folder import FolderVolume
+    from .errors import ChainError
+
+    volume = FolderVolume(datastore or os.path.dirname(os.path.abspath(vmdk)))
+    rel = os.path.relpath(os.path.realpath(vmdk), volume.root)
+    if rel.startswith(".."):
+        raise ChainError(f"{vmdk} is not inside the datastore folder {volume.root}")
+    return open_disk(volume, rel, strict=not no_verify)
+
+
+def _echo_json(doc: dict[str, Any]) -> None:
+    click.echo(json.dumps(doc, indent=2, ensure_ascii=False, default=_json_default))
+
+
+@disk.command("info")
+@_disk_options
+@click.option("--json", "as_json", is_flag=True, help="Print the stable JSON document.")
+def disk_info(vmdk: str, datastore: str | None, no_verify: bool, as_json: bool) -> None:
+    """Chain, extents, geometry, adapter and change tracking of a disk."""
+    from .datastore.disk import describe
+
+    with _open_disk(vmdk, datastore, no_verify) as d:
+        report = describe(d)
+    if as_json:
+        _echo_json(report_document(vmdk, report))
+        return
+    click.echo(render_text(vmdk, report))
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+
+@disk.command("map")
+@_disk_options
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
+def disk_map(vmdk: str, datastore: str | None, no_verify: bool, as_json: bool) -> None:
+    """The allocation map of the flattened disk: DATA, ZERO and HOLE runs."""
+    with _open_disk(vmdk, datastore, no_verify) as d:
+        runs = list(d.extents())
+        size = d.size
+    if as_json:
+        _echo_json({"vmsift": __version__, "schema": JSON_SCHEMA_VERSION, "path": vmdk,
+                    "size": size, "runs": [{"offset": r.offset, "length": r.length,
+                                            "kind": r.kind.value} for r in runs]})
+        return
+    for r in runs:
+        click.echo(f"{r.offset:>16}  {r.length:>16}  {r.kind.value}")
+
+
+@disk.command("export")
+@_disk_options
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["raw"]), default="raw", show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+def disk_export(vmdk: str, datastore: str | None, no_verify: bool, out: str, fmt: str,
+                force: bool) -> None:
+    """Write the flattened disk to OUT (raw output is sparse)."""
+    from .datastore.export import export_raw
+
+    with _open_disk(vmdk, datastore, no_verify) as d:
+        if sys.stderr.isatty():
+            with click.progressbar(length=d.size, label="export", file=sys.stderr) as bar:
+                stats = export_raw(d, out, overwrite=force, progress=bar.update)
+        else:
+            stats = export_raw(d, out, overwrite=force)
+    click.echo(f"{out}: {stats.size} bytes, {stats.written} written, "
+               f"{stats.skipped} left as holes", err=True)
+
+
 def _error_document(error: VmsiftError) -> dict[str, Any]:
     return {"class": type(error).__name__, "message": str(error), "exit_code": error.exit_code}
 

@@ -270,3 +270,51 @@ class ConcatSource(ByteSource):
     def close(self) -> None:
         for part in self.parts:
             part.close()
+
+
+class OverlaySource(ByteSource):
+    """A delta disk over its parent: the top's HOLE runs read through to the parent.
+
+    DATA and ZERO runs of the top win. Where the parent is shorter than the top (a disk grown
+    after the snapshot), the rest reads as zeros and maps as HOLE.
+    """
+
+    def __init__(self, top: ByteSource, parent: ByteSource, name: str | None = None):
+        self.top = top
+        self.parent = parent
+        self.size = top.size
+        self.name = name or top.name
+
+    def read(self, offset: int, length: int) -> bytes:
+        start, end = clip(self.size, offset, length)
+        out = []
+        for run in self.top.extents(start, end - start):
+            if run.kind is Alloc.DATA:
+                out.append(self.top.read_exact(run.offset, run.length))
+            elif run.kind is Alloc.ZERO:
+                out.append(bytes(run.length))
+            else:
+                data = self.parent.read(run.offset, run.length)
+                out.append(data + bytes(run.length - len(data)))
+        return b"".join(out)
+
+    def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Run]:
+        start, end = clip(self.size, offset, length)
+
+        def runs() -> Iterator[Run]:
+            for run in self.top.extents(start, end - start):
+                if run.kind is not Alloc.HOLE:
+                    yield run
+                    continue
+                covered = run.offset
+                for inner in self.parent.extents(run.offset, run.length):
+                    yield inner
+                    covered = inner.end
+                if covered < run.end:
+                    yield Run(covered, run.end - covered, Alloc.HOLE)
+
+        return merge_runs(runs())
+
+    def close(self) -> None:
+        self.top.close()
+        self.parent.close()

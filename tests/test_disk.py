@@ -1,0 +1,235 @@
+"""Whole disks with their chains, flattened by vmsift vs qemu-img convert / map."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import require_tool
+from vmsift.datastore.disk import describe, open_disk
+from vmsift.datastore.export import export_raw
+from vmsift.datastore.folder import FolderVolume
+from vmsift.errors import ChainError, SourceError, UnsupportedError
+from vmsift.source import Alloc
+
+GiB = 1 << 30
+MiB = 1 << 20
+GRAIN = 65536
+SUBFORMATS = ["monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse",
+              "twoGbMaxExtentFlat", "streamOptimized"]
+# grain boundaries, a write across the 2 GiB extent boundary, the last sector
+BASE_WRITES = [(0x11, 0, GRAIN), (0x22, 3 * GRAIN - 512, 1024), (0x33, 2 * GiB - 4096, 8192),
+               (0x44, 3 * GiB - 512, 512)]
+CHILD_WRITES = [[(0x55, GRAIN, 2 * GRAIN)], [(0x66, 2 * GiB - 512, 512), (0x77, 100 * MiB, 1)]]
+
+
+def run(*args, cwd=None):
+    return subprocess.run(args, check=True, capture_output=True, text=True, cwd=cwd).stdout
+
+
+def qemu_write(path, writes):
+    run("qemu-io", "-f", "vmdk", *[a for p, o, n in writes
+                                   for a in ("-c", f"write -P {p:#x} {o} {n}")], str(path))
+
+
+@pytest.fixture(scope="module")
+def disks(cache_dir):
+    """Per subformat: a 3 GiB base with data, and two sparse children on top (3 links)."""
+    require_tool("qemu-img")
+    require_tool("qemu-io")
+    root = cache_dir / "disk-chains"
+    for sub in SUBFORMATS:
+        d = root / sub
+        if (d / "done").exists():
+            continue
+        d.mkdir(parents=True, exist_ok=True)
+        if sub == "streamOptimized":  # qemu writes stream files by conversion only
+            run("qemu-img", "create", "-q", "-f", "vmdk", "tmp.vmdk", "3G", cwd=d)
+            qemu_write(d / "tmp.vmdk", BASE_WRITES)
+            run("qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized",
+                "tmp.vmdk", "base.vmdk", cwd=d)
+            (d / "tmp.vmdk").unlink()
+        else:
+            run("qemu-img", "create", "-q", "-f", "vmdk", "-o", f"subformat={sub}",
+                "base.vmdk", "3G", cwd=d)
+            qemu_write(d / "base.vmdk", BASE_WRITES)
+        parent = "base.vmdk"
+        for i, writes in enumerate(CHILD_WRITES, 1):
+            run("qemu-img", "create", "-q", "-f", "vmdk", "-b", parent, "-F", "vmdk",
+                f"child{i}.vmdk", cwd=d)
+            qemu_write(d / f"child{i}.vmdk", writes)
+            parent = f"child{i}.vmdk"
+        run("qemu-img", "convert", "-O", "raw", "child2.vmdk", "expected.raw", cwd=d)
+        (d / "map.json").write_text(run("qemu-img", "map", "--output=json", "child2.vmdk",
+                                        cwd=d))
+        (d / "done").touch()
+    return root
+
+
+def merged(runs):
+    out = []
+    for start, length, data in runs:
+        if out and out[-1][2] == data and out[-1][0] + out[-1][1] == start:
+            out[-1] = (out[-1][0], out[-1][1] + length, data)
+        else:
+            out.append((start, length, data))
+    return out
+
+
+@pytest.mark.parametrize("sub", SUBFORMATS)
+def test_flattened_chain_equals_qemu(disks, sub):
+    d = disks / sub
+    with open_disk(FolderVolume(d), "child2.vmdk") as disk:
+        assert [link.path for link in disk.chain] == ["child2.vmdk", "child1.vmdk", "base.vmdk"]
+        assert disk.size == 3 * GiB
+        ours = merged([(r.offset, r.length, r.kind is Alloc.DATA) for r in disk.extents()])
+        theirs = merged([(m["start"], m["length"], m["data"])
+                         for m in json.loads((d / "map.json").read_text())])
+        if sub not in ("monolithicFlat", "twoGbMaxExtentFlat"):
+            assert ours == theirs
+        # every byte qemu or we call data must match; the rest is zero by both maps
+        with open(d / "expected.raw", "rb") as expected:
+            for start, length, is_data in merged(ours + theirs):
+                if is_data:
+                    for pos in range(start, start + length, 8 * MiB):
+                        n = min(8 * MiB, start + length - pos)
+                        expected.seek(pos)
+                        assert disk.read(pos, n) == expected.read(n), (sub, pos)
+        assert disk.read(3 * GiB - 512, 1024) == b"\x44" * 512
+        assert disk.read(2 * GiB - 1024, 1024) == b"\x33" * 512 + b"\x66" * 512
+
+
+def test_flat_base_map_follows_host_holes(disks):
+    """A flat extent is HOLE where its host file is sparse, so the map still skips it."""
+    with open_disk(FolderVolume(disks / "monolithicFlat"), "base.vmdk") as disk:
+        data = sum(r.length for r in disk.extents() if r.kind is Alloc.DATA)
+    assert data < 64 * MiB
+
+
+def test_export_raw_is_sparse_and_exact(disks, tmp_path):
+    d = disks / "twoGbMaxExtentSparse"
+    out = tmp_path / "out.raw"
+    with open_disk(FolderVolume(d), "child2.vmdk") as disk:
+        stats = export_raw(disk, out)
+    assert out.stat().st_size == 3 * GiB
+    assert out.stat().st_blocks * 512 < 16 * MiB  # holes were not written
+    assert stats.written < 16 * MiB
+    run("cmp", str(out), str(d / "expected.raw"))
+
+
+def test_describe_chain(disks):
+    d = disks / "monolithicSparse"
+    with open_disk(FolderVolume(d), "child2.vmdk") as disk:
+        report = describe(disk)
+    chain = report.data["chain"]
+    assert [c["path"] for c in chain] == ["child2.vmdk", "child1.vmdk", "base.vmdk"]
+    assert chain[0]["parent_cid"] == chain[1]["cid"] and chain[1]["parent_cid"] == chain[2]["cid"]
+    assert chain[2]["parent_cid"] == "ffffffff"
+    assert chain[0]["allocated"] == 2 * GRAIN  # child2: one grain at 2 GiB - 512, one at 100 MiB
+    assert chain[1]["allocated"] == 2 * GRAIN
+    assert report.data["adapter"] == "ide"
+
+
+def _copy_chain(src: Path, dst: Path):
+    dst.mkdir()
+    for name in ("base.vmdk", "child1.vmdk", "child2.vmdk"):
+        (dst / name).write_bytes((src / name).read_bytes())
+
+
+def _patch_descriptor(path: Path, old: bytes, new: bytes):
+    raw = path.read_bytes()
+    assert old in raw
+    assert len(old) == len(new)  # keep the embedded descriptor's size
+    path.write_bytes(raw.replace(old, new, 1))
+
+
+def test_cid_mismatch_is_an_error_unless_asked(disks, tmp_path):
+    d = tmp_path / "c"
+    _copy_chain(disks / "monolithicSparse", d)
+    base = open_disk(FolderVolume(d), "base.vmdk")
+    cid = f"{base.chain[0].cid:08x}".encode()
+    base.close()
+    _patch_descriptor(d / "base.vmdk", b"CID=" + cid, b"CID=" + (b"0" * 8 if cid != b"0" * 8
+                                                              else b"1" * 8))
+    with pytest.raises(ChainError, match="does not match the parent's CID"):
+        open_disk(FolderVolume(d), "child2.vmdk")
+    with open_disk(FolderVolume(d), "child2.vmdk", strict=False) as disk:
+        assert len(disk.warnings) == 1 and "parent changed" in disk.warnings[0]
+
+
+def _delta(path: Path, parent: str, extent: str = "child1.vmdk"):
+    """A text descriptor of a delta whose grains are child1's and whose parent is ``parent``."""
+    path.write_text('# Disk DescriptorFile\nversion=1\nCID=00000001\nparentCID=00000001\n'
+                    f'createType="monolithicSparse"\nparentFileNameHint="{parent}"\n'
+                    f'RW {3 * GiB // 512} SPARSE "{extent}"\n')
+
+
+def test_loops_escapes_and_missing_parents(disks, tmp_path):
+    d = tmp_path / "c"
+    _copy_chain(disks / "monolithicSparse", d)
+    _delta(d / "gone.vmdk", "nothing-here.vmdk")
+    with pytest.raises(ChainError, match="'nothing-here.vmdk' is missing"):
+        open_disk(FolderVolume(d), "gone.vmdk")
+    _delta(d / "loop-a.vmdk", "loop-b.vmdk")
+    _delta(d / "loop-b.vmdk", "./loop-a.vmdk")
+    with pytest.raises(ChainError, match="loops back to loop-a.vmdk"):
+        open_disk(FolderVolume(d), "loop-a.vmdk")
+    _delta(d / "escape.vmdk", "../../x.vmdk")
+    with pytest.raises(ChainError, match="leaves the datastore"):
+        open_disk(FolderVolume(d), "escape.vmdk")
+    _delta(d / "abs.vmdk", "/etc/passwd")
+    with pytest.raises(ChainError, match="not on this datastore"):
+        open_disk(FolderVolume(d), "abs.vmdk")
+    _delta(d / "esx.vmdk", "/vmfs/volumes/5f1e2d3c-aabbccdd/vm/base.vmdk")
+    with open_disk(FolderVolume(d), "esx.vmdk", strict=False) as disk:  # found beside it
+        assert [link.path for link in disk.chain] == ["esx.vmdk", "base.vmdk"]
+    _delta(d / "bad-extent.vmdk", "base.vmdk", extent="../../etc/shadow")
+    with pytest.raises(ChainError, match="leaves the datastore"):
+        open_disk(FolderVolume(d), "bad-extent.vmdk")
+
+
+def test_symlink_out_of_the_datastore_is_refused(tmp_path, disks):
+    d = tmp_path / "ds"
+    d.mkdir()
+    (d / "x.vmdk").symlink_to(disks / "monolithicSparse" / "base.vmdk")
+    with pytest.raises(ChainError, match="outside the datastore"):
+        open_disk(FolderVolume(d), "x.vmdk")
+
+
+def test_rdm_and_unreadable_kinds(tmp_path):
+    (tmp_path / "r.vmdk").write_text('# Disk DescriptorFile\nversion=1\nCID=fffffffe\n'
+                                     'parentCID=ffffffff\ncreateType="vmfsRawDeviceMap"\n'
+                                     'RW 2048 VMFSRDM "r-rdm.vmdk"\n')
+    with pytest.raises(UnsupportedError, match="raw device mapping"):
+        open_disk(FolderVolume(tmp_path), "r.vmdk")
+    (tmp_path / "z.vmdk").write_text('createType="custom"\nRW 2048 ZERO\n'
+                                     'RW 8 FLAT "missing-flat.vmdk" 0\n')
+    with pytest.raises(SourceError, match="no such file"):
+        open_disk(FolderVolume(tmp_path), "z.vmdk")
+
+
+def vmsift(*args):
+    return subprocess.run([sys.executable, "-m", "vmsift", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_disk_commands(disks, tmp_path):
+    d = disks / "twoGbMaxExtentFlat"
+    out = vmsift("disk", "info", "--json", d / "child2.vmdk")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["kind"] == "disk" and len(doc["data"]["chain"]) == 3
+    assert doc["data"]["chain"][2]["create_type"] == "twoGbMaxExtentFlat"
+    out = vmsift("disk", "map", "--json", d / "child2.vmdk")
+    runs = json.loads(out.stdout)["runs"]
+    # the flat base is mapped from its host file's blocks: data reaches 3 grains + 512 bytes
+    assert runs[0]["offset"] == 0 and runs[0]["kind"] == "data"
+    assert 3 * GRAIN + 512 <= runs[0]["length"] <= 4 * GRAIN
+    assert sum(r["length"] for r in runs) == 3 * GiB
+    target = tmp_path / "x.raw"
+    assert vmsift("disk", "export", d / "child2.vmdk", target).returncode == 0
+    again = vmsift("disk", "export", d / "child2.vmdk", target)
+    assert again.returncode == 6 and "cannot create output" in again.stderr
+    run("cmp", str(target), str(d / "expected.raw"))
