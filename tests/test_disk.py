@@ -233,3 +233,31 @@ def test_cli_disk_commands(disks, tmp_path):
     again = vmsift("disk", "export", d / "child2.vmdk", target)
     assert again.returncode == 6 and "cannot create output" in again.stderr
     run("cmp", str(target), str(d / "expected.raw"))
+
+
+def test_export_at_snapshot(disks, tmp_path):
+    """A .vmsd beside the chain: snapshot 'installed' holds base.vmdk, 'patched' child1."""
+    d = tmp_path / "vm"
+    _copy_chain(disks / "monolithicSparse", d)
+    (d / "vm.vmsd").write_text(
+        '.encoding = "UTF-8"\nsnapshot.lastUID = "2"\nsnapshot.current = "2"\n'
+        'snapshot0.uid = "1"\nsnapshot0.displayName = "installed"\n'
+        'snapshot0.disk0.fileName = "base.vmdk"\nsnapshot0.disk0.node = "scsi0:0"\n'
+        'snapshot1.uid = "2"\nsnapshot1.parent = "1"\nsnapshot1.displayName = "patched"\n'
+        'snapshot1.disk0.fileName = "child1.vmdk"\nsnapshot1.disk0.node = "scsi0:0"\n'
+        'snapshot.numSnapshots = "2"\n')
+    for wanted, expected_top, byte_at_64k in [("installed", "base.vmdk", b"\x00"),
+                                              ("2", "child1.vmdk", b"\x55")]:
+        out = vmsift("disk", "info", "--json", "--snapshot", wanted, d / "child2.vmdk")
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["data"]["chain"][0]["path"] == expected_top
+        target = tmp_path / f"{wanted}.raw"
+        assert vmsift("disk", "export", "--snapshot", wanted, d / "child2.vmdk",
+                      target).returncode == 0
+        with open(target, "rb") as f:
+            assert f.read(1) == b"\x11"
+            f.seek(GRAIN)
+            assert f.read(1) == byte_at_64k
+    out = vmsift("disk", "info", "--snapshot", "nope", d / "child2.vmdk")
+    assert out.returncode == 5 and "no snapshot 'nope'" in out.stderr
+    assert "1='installed'" in out.stderr

@@ -108,18 +108,23 @@ def _disk_options(f):
                      help="Folder that holds the whole chain (default: the disk's folder).")(f)
     f = click.option("--no-verify", is_flag=True,
                      help="Read on when CIDs or capacities of the chain disagree (warns).")(f)
+    f = click.option("--snapshot", metavar="NAME|UID",
+                     help="The disk as it was at this snapshot (from the .vmsd beside it).")(f)
     return click.argument("vmdk", type=click.Path(dir_okay=False))(f)
 
 
-def _open_disk(vmdk: str, datastore: str | None, no_verify: bool):
+def _open_disk(vmdk: str, datastore: str | None, no_verify: bool, snapshot: str | None):
     from .datastore.disk import open_disk
     from .datastore.folder import FolderVolume
+    from .datastore.snapshots import disk_at_snapshot
     from .errors import ChainError
 
     volume = FolderVolume(datastore or os.path.dirname(os.path.abspath(vmdk)))
     rel = os.path.relpath(os.path.realpath(vmdk), volume.root)
     if rel.startswith(".."):
         raise ChainError(f"{vmdk} is not inside the datastore folder {volume.root}")
+    if snapshot is not None:
+        rel = disk_at_snapshot(volume, rel, snapshot)
     return open_disk(volume, rel, strict=not no_verify)
 
 
@@ -130,11 +135,12 @@ def _echo_json(doc: dict[str, Any]) -> None:
 @disk.command("info")
 @_disk_options
 @click.option("--json", "as_json", is_flag=True, help="Print the stable JSON document.")
-def disk_info(vmdk: str, datastore: str | None, no_verify: bool, as_json: bool) -> None:
+def disk_info(vmdk: str, datastore: str | None, no_verify: bool, snapshot: str | None,
+              as_json: bool) -> None:
     """Chain, extents, geometry, adapter and change tracking of a disk."""
     from .datastore.disk import describe
 
-    with _open_disk(vmdk, datastore, no_verify) as d:
+    with _open_disk(vmdk, datastore, no_verify, snapshot) as d:
         report = describe(d)
     if as_json:
         _echo_json(report_document(vmdk, report))
@@ -147,9 +153,10 @@ def disk_info(vmdk: str, datastore: str | None, no_verify: bool, as_json: bool) 
 @disk.command("map")
 @_disk_options
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
-def disk_map(vmdk: str, datastore: str | None, no_verify: bool, as_json: bool) -> None:
+def disk_map(vmdk: str, datastore: str | None, no_verify: bool, snapshot: str | None,
+             as_json: bool) -> None:
     """The allocation map of the flattened disk: DATA, ZERO and HOLE runs."""
-    with _open_disk(vmdk, datastore, no_verify) as d:
+    with _open_disk(vmdk, datastore, no_verify, snapshot) as d:
         runs = list(d.extents())
         size = d.size
     if as_json:
@@ -166,12 +173,12 @@ def disk_map(vmdk: str, datastore: str | None, no_verify: bool, as_json: bool) -
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["raw"]), default="raw", show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
-def disk_export(vmdk: str, datastore: str | None, no_verify: bool, out: str, fmt: str,
-                force: bool) -> None:
+def disk_export(vmdk: str, datastore: str | None, no_verify: bool, snapshot: str | None,
+                out: str, fmt: str, force: bool) -> None:
     """Write the flattened disk to OUT (raw output is sparse)."""
     from .datastore.export import export_raw
 
-    with _open_disk(vmdk, datastore, no_verify) as d:
+    with _open_disk(vmdk, datastore, no_verify, snapshot) as d:
         if sys.stderr.isatty():
             with click.progressbar(length=d.size, label="export", file=sys.stderr) as bar:
                 stats = export_raw(d, out, overwrite=force, progress=bar.update)

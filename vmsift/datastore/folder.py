@@ -35,3 +35,11 @@ class FolderVolume(Volume):
         if not os.path.exists(full):
             raise SourceError("no such file", source=os.path.join(self.root, path))
         return FileSource(full)
+
+    def listdir(self, path: str = "") -> list[str]:
+        """Names inside the folder ``path`` (sorted)."""
+        full = self._host_path(path)
+        try:
+            return sorted(os.listdir(full))
+        except OSError as e:
+            raise SourceError(f"cannot list: {e.strerror}", source=full) from None

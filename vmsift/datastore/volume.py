@@ -17,7 +17,7 @@ _ESX_ABSOLUTE = re.compile(r"^/vmfs/volumes/[^/]+/(.+)$")
 
 
 class Volume:
-    """Interface of a datastore file tree; subclasses implement `open` and `exists`."""
+    """Interface of a datastore file tree; subclasses implement `open`, `exists`, `listdir`."""
 
     name: str = "<volume>"
 
@@ -25,6 +25,9 @@ class Volume:
         raise NotImplementedError
 
     def exists(self, path: str) -> bool:
+        raise NotImplementedError
+
+    def listdir(self, path: str = "") -> list[str]:
         raise NotImplementedError
 
     def resolve(self, base_dir: str, ref: str) -> str:
