@@ -26,9 +26,9 @@ HEAD_SIZE = 64 * 1024
 
 def _detectors() -> list[ModuleType]:
     """Format modules in the order they are tried: binary magics first, loose text last."""
-    from .formats import vmsd, vmx
+    from .formats import vmcfg, vmsd, vmtm, vmx, vmxf
     from .formats.vmdk import descriptor, sparse
-    return [sparse, descriptor, vmsd, vmx]
+    return [sparse, vmxf, vmtm, descriptor, vmsd, vmx, vmcfg]
 
 
 def detect(src: ByteSource) -> tuple[ModuleType, str]:

@@ -67,7 +67,7 @@ def codec_for(name: str | None) -> tuple[str, bool]:
     wanted = _CODEC_NAMES.get(name.lower(), name)
     try:
         return codecs.lookup(wanted).name, True
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a NUL in the name
         return "utf-8", False
 
 

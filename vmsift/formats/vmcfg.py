@@ -30,7 +30,6 @@ from ..report import Report, Table
 from ..source import ByteSource
 
 KIND = "vmcfg"
-EXTENSIONS = (".cfg",)
 MAX_SIZE = 4 * 1024 * 1024  # real files are a few KiB
 MAX_TOKEN = 1024 * 1024  # one string literal
 MAX_DEPTH = 32  # nesting of lists / tuples / dicts
@@ -414,8 +413,11 @@ class VmCfg:
         if explicit:
             return explicit
         builder = (self._str("builder") or "").lower()
-        if builder == "hvm":
+        xl_type = (self._str("type") or "").lower()  # xl: type = "hvm" / "pv" / "pvh"
+        if builder == "hvm" or xl_type == "hvm":
             return "xen_hvm"
+        if xl_type in ("pv", "pvh"):
+            return {"pv": "xen_pvm", "pvh": "xen_pvh"}[xl_type]
         if builder in ("linux", "generic") or self._str("bootloader") or self._str("kernel"):
             return "xen_pvm"
         return None
@@ -497,6 +499,7 @@ class Disk:
     device: str | None
     mode: str | None
     cdrom: bool
+    format: str | None = None  # xl only: raw, qcow2 ...
     repository_id: str | None = None
     repository_dir: str | None = None
     disk_id: str | None = None
@@ -514,21 +517,43 @@ class Disk:
 
     def to_dict(self) -> dict[str, Any]:
         return {"index": self.index, "spec": self.spec, "backend": self.backend,
-                "path": self.path, "device": self.device, "mode": self.mode,
+                "path": self.path, "format": self.format, "device": self.device,
+                "mode": self.mode,
                 "writable": self.writable, "shared": self.shared, "cdrom": self.cdrom,
                 "repository_id": self.repository_id, "repository_dir": self.repository_dir,
                 "disk_id": self.disk_id, "filename": self.filename, "problem": self.problem}
 
 
+_XL_FORMATS = {"raw", "qcow", "qcow2", "vhd", "vhdx", "qed", "vmdk", "empty"}
+_XL_KEYS = {"target", "vdev", "access", "format", "devtype", "backendtype", "script"}
+
+
 def parse_disk(spec: str, index: int = 0) -> Disk:
-    """Split a Xen disk spec; paths may contain commas, so split from the right."""
-    parts = spec.rsplit(",", 2)
+    """Split a disk spec: xm ``<backend>:<path>,<device>,<mode>`` (paths may hold commas,
+    so split from the right) or xl ``<target>,<format>,<vdev>,<access>`` / ``key=value``."""
     problem = None
-    if len(parts) == 3:
-        uname, dev, mode = (p.strip() for p in parts)
+    parts = [p.strip() for p in spec.split(",")]
+    pairs = dict(p.split("=", 1) for p in parts if "=" in p)
+    fmt = None
+    if pairs and set(k.strip() for k in pairs) & _XL_KEYS:  # xl key=value form
+        uname = pairs.get("target", "").strip()
+        last = spec.rfind("target=")
+        if last >= 0 and not any(f"{k}=" in spec[last:] for k in _XL_KEYS - {"target"}):
+            uname = spec[last + 7:].strip()  # a last target= takes the rest, commas included
+        dev = pairs.get("vdev")
+        mode = pairs.get("access")
+        fmt = pairs.get("format")
+        if pairs.get("devtype", "").strip() == "cdrom" and dev:
+            dev += ":cdrom"
+    elif len(parts) >= 4 and parts[-3].lower() in _XL_FORMATS:  # xl positional form
+        uname, fmt, dev, mode = ",".join(parts[:-3]), parts[-3], parts[-2], parts[-1]
     else:
-        uname, dev, mode = spec.strip(), None, None
-        problem = "expected '<backend>:<path>,<device>,<mode>'"
+        split = spec.rsplit(",", 2)
+        if len(split) == 3:
+            uname, dev, mode = (p.strip() for p in split)
+        else:
+            uname, dev, mode = spec.strip(), None, None
+            problem = "expected '<backend>:<path>,<device>,<mode>'"
     backend_words: list[str] = []
     rest = uname
     while ":" in rest:
@@ -540,16 +565,19 @@ def parse_disk(spec: str, index: int = 0) -> Disk:
     backend = ":".join(backend_words) or None
     path = re.sub(r"^/{2,}", "/", rest) if rest else None  # file:///X means /X
     cdrom = False
-    device = dev
-    if dev:
-        pieces = dev.split(":")
+    device = dev.strip() if dev else dev
+    if device:
+        pieces = device.split(":")
         if pieces[0].lower() == "ioemu" and len(pieces) > 1:
             pieces = pieces[1:]
         if len(pieces) > 1 and pieces[-1].lower() in ("cdrom", "disk"):
             cdrom = pieces[-1].lower() == "cdrom"
             pieces = pieces[:-1]
         device = ":".join(pieces) or None
-    disk = Disk(index, spec, backend, path, device, mode or None, cdrom, problem=problem)
+    if mode:
+        mode = {"rw": "w", "ro": "r"}.get(mode.strip().lower(), mode.strip())
+    disk = Disk(index, spec, backend, path, device, mode or None, cdrom, problem=problem,
+                format=fmt.strip() if fmt else None)
     if path:
         m = _REPO_PATH.match(path)
         if m:
