@@ -17,13 +17,15 @@ from typing import Any
 from ..report import Report, Table
 from ..source import ByteSource
 from . import dictfile
-from .vmx import dictionary_data, parse_bool, parse_int
+from .vmx import TELLTALE, dictionary_data, parse_bool, parse_int
 
 KIND = "vmsd"
 EXTENSIONS = (".vmsd",)  # ESXi leaves empty .vmsd files
 MAX_SIZE = 16 * 1024 * 1024
 MAX_INDEX = 100_000  # far above VMware's limit of 32 snapshots per VM
 
+_VMSD_KEYS = {"snapshot.lastuid", "snapshot.numsnapshots", "snapshot.current",
+              "snapshot.needconsolidate"}
 _SNAP_KEY = re.compile(r"^snapshot(\d+)\.(.+)$", re.I)
 _DISK_KEY = re.compile(r"^disk(\d+)\.(.+)$", re.I)
 
@@ -212,9 +214,13 @@ def read(src: ByteSource) -> Vmsd:
 
 
 def sniff(head: bytes) -> bool:
+    """Snapshot database keys, and none of the keys only a .vmx has (a .vmx may hold
+    ``snapshot.action`` and the like)."""
     if not dictfile.looks_like(head, min_lines=1):
         return False
-    return any(k.lower().startswith("snapshot") for k, _ in dictfile.parse(head).items())
+    keys = [k.lower() for k, _ in dictfile.parse(head).items()]
+    return any(k in _VMSD_KEYS or _SNAP_KEY.match(k) for k in keys) and \
+        not any(k in TELLTALE for k in keys)
 
 
 def inspect(src: ByteSource) -> Report:

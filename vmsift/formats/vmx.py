@@ -19,7 +19,7 @@ from . import dictfile
 KIND = "vmx"
 MAX_SIZE = 16 * 1024 * 1024
 
-_TELLTALE = ("config.version", "virtualhw.version", "displayname", "guestos", "memsize",
+TELLTALE = ("config.version", "virtualhw.version", "displayname", "guestos", "memsize",
              "numvcpus", "uuid.bios", "encryption.keysafe")
 
 # Device keys: bus slots (scsi0:1.x), numbered devices (ethernet0.x) and USB ports (usb:0.x).
@@ -232,8 +232,8 @@ def sniff(head: bytes) -> bool:
     if not dictfile.looks_like(head):
         return False
     keys = {k.lower() for k, _ in dictfile.parse(head).items()}
-    return any(k in keys for k in _TELLTALE) and not any(
-        k.startswith(("snapshot.", "snapshot0.", "vmteam", "team.")) for k in keys)
+    return any(k in keys for k in TELLTALE) and not any(
+        k.startswith(("vmteam", "team.")) for k in keys)
 
 
 def dictionary_data(d: dictfile.Dictionary) -> dict[str, Any]:
