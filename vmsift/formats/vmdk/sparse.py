@@ -9,7 +9,10 @@ is then in the footer, a copy of the header 1024 bytes before the end of the fil
 from __future__ import annotations
 
 import array
+import concurrent.futures
 import enum
+import functools
+import os
 import sys
 import zlib
 from collections.abc import Iterator
@@ -172,6 +175,7 @@ MAX_CAPACITY_SECTORS = 1 << 40    # 512 TiB, far above any hosted sparse disk
 MAX_GD_BYTES = 256 << 20
 GT_CACHE = 4096                   # grain tables kept in memory (2 KiB each for 512 entries)
 
+_UNREAD = object()
 GrainMarker = Struct("lba" / Int64ul, "size" / Int32ul)
 MetaMarker = Struct("sectors" / Int64ul, "size" / Int32ul, "type" / Int32ul)
 
@@ -181,6 +185,12 @@ class MarkerType(enum.IntEnum):
     GRAIN_TABLE = 1
     GRAIN_DIRECTORY = 2
     FOOTER = 3
+
+
+@functools.cache
+def _inflate_pool() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
+                                                 thread_name_prefix="vmsift-inflate")
 
 
 def _uint32s(raw: bytes) -> array.array:
@@ -250,19 +260,20 @@ class SparseExtent(ByteSource):
         return _uint32s(self.file.read_exact(offset, nbytes, "grain directory"))
 
     def _gt(self, index: int) -> array.array | None:
-        """Grain table ``index``, or None where the directory has no table."""
+        """Grain table ``index``; None where the directory has no table or it is all zero."""
         sector = self.gd[index]
         if sector == 0:
             return None
-        table = self._gt_cache.get(index)
-        if table is None:
+        table = self._gt_cache.get(index, _UNREAD)
+        if table is _UNREAD:
             nbytes = self.header.num_gtes_per_gt * 4
             offset = sector * SECTOR
             if offset + nbytes > self.file.size:
                 raise FormatError(f"grain directory entry {index} points past the end "
                                   f"({offset:#x})", source=self.name,
                                   offset=self.header.gd_offset * SECTOR + 4 * index)
-            table = _uint32s(self.file.read_exact(offset, nbytes, "grain table"))
+            raw = self.file.read_exact(offset, nbytes, "grain table")
+            table = None if raw == bytes(nbytes) else _uint32s(raw)
             if len(self._gt_cache) >= GT_CACHE:
                 self._gt_cache.pop(next(iter(self._gt_cache)))
             self._gt_cache[index] = table
@@ -275,9 +286,9 @@ class SparseExtent(ByteSource):
             return Alloc.ZERO
         return Alloc.DATA
 
-    def grain_entries(self, start: int, end: int) -> Iterator[tuple[int, int]]:
-        """(grain number, table entry) for grains in [start, end); whole missing tables give
-        one (first grain, 0) pair per table."""
+    def grain_entries(self, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+        """(first grain, table entry, grain count) covering grains [start, end): one triple per
+        grain, or one per table where the table is missing or empty."""
         per_gt = self.header.num_gtes_per_gt
         grain = start
         while grain < end:
@@ -285,28 +296,23 @@ class SparseExtent(ByteSource):
             stop = min(end, (gt_index + 1) * per_gt)
             table = self._gt(gt_index)
             if table is None:
-                yield grain, 0
+                yield grain, 0, stop - grain
             else:
+                base = gt_index * per_gt
                 for i in range(first, first + stop - grain):
-                    yield gt_index * per_gt + i, table[i]
+                    yield base + i, table[i], 1
             grain = stop
 
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Run]:
         start, end = clip(self.size, offset, length)
-        if end <= start:
-            return iter(())
         gb = self.grain_bytes
-        per_gt = self.header.num_gtes_per_gt
 
         def runs() -> Iterator[Run]:
-            for grain, entry in self.grain_entries(start // gb, -(-end // gb)):
-                lo = max(grain * gb, start)
-                span = per_gt - grain % per_gt if entry == 0 and self.gd[grain // per_gt] == 0 \
-                    else 1
-                hi = min((grain + span) * gb, end)
+            for grain, entry, count in self.grain_entries(start // gb, -(-end // gb)):
+                lo, hi = max(grain * gb, start), min((grain + count) * gb, end)
                 yield Run(lo, hi - lo, self._kind(entry))
 
-        return merge_runs(runs())
+        return merge_runs(runs()) if end > start else iter(())
 
     def _grain_data(self, grain: int, entry: int) -> bytes:
         """The bytes of one allocated grain (inflated when compressed)."""
@@ -330,10 +336,27 @@ class SparseExtent(ByteSource):
         self._last_grain = (grain, data)
         return data
 
+    def _inflate(self, packed: list[tuple[int, int, int, int]]) -> list[tuple[int, bytes]]:
+        """Inflate compressed grains (in threads when there are several; zlib drops the GIL)."""
+        gb = self.grain_bytes
+
+        def one(task: tuple[int, int, int, int]) -> tuple[int, bytes]:
+            lo, hi, grain, entry = task
+            data = self._grain_data(grain, entry)
+            piece = data[lo - grain * gb:hi - grain * gb]
+            if len(piece) < hi - lo:
+                raise FormatError(f"compressed grain {grain} inflates to {len(data)} bytes",
+                                  source=self.name, offset=entry * SECTOR)
+            return lo, piece
+
+        if len(packed) < 4:
+            return [one(t) for t in packed]
+        return list(_inflate_pool().map(one, packed))
+
     def read(self, offset: int, length: int) -> bytes:
         start, end = clip(self.size, offset, length)
-        out = bytearray(end - start)
         gb = self.grain_bytes
+        pieces: list[tuple[int, bytes]] = []  # (virtual offset, bytes) of stored data
         pending: list[int] = []  # [virtual start, file offset, length] of a coalesced read
 
         def flush() -> None:
@@ -343,20 +366,16 @@ class SparseExtent(ByteSource):
                 if len(data) < n:
                     raise TruncatedError(f"grain data at {foff:#x}+{n:#x} runs past the end of "
                                          f"the file", source=self.name, offset=foff + len(data))
-                out[vstart - start:vstart - start + n] = data
+                pieces.append((vstart, data))
                 pending.clear()
 
-        for grain, entry in self.grain_entries(start // gb, -(-end // gb)):
-            lo, hi = max(grain * gb, start), min((grain + 1) * gb, end)
+        packed: list[tuple[int, int, int, int]] = []  # (lo, hi, grain, entry) to inflate
+        for grain, entry, count in self.grain_entries(start // gb, -(-end // gb)):
             if self._kind(entry) is not Alloc.DATA:
                 continue
+            lo, hi = max(grain * gb, start), min((grain + 1) * gb, end)
             if self.compressed:
-                data = self._grain_data(grain, entry)
-                piece = data[lo - grain * gb:hi - grain * gb]
-                if len(piece) < hi - lo:
-                    raise FormatError(f"compressed grain {grain} inflates to {len(data)} bytes",
-                                      source=self.name, offset=entry * SECTOR)
-                out[lo - start:hi - start] = piece
+                packed.append((lo, hi, grain, entry))
                 continue
             foff = entry * SECTOR + (lo - grain * gb)
             if pending and pending[1] + pending[2] == foff and pending[0] + pending[2] == lo:
@@ -365,4 +384,11 @@ class SparseExtent(ByteSource):
                 flush()
                 pending[:] = [lo, foff, hi - lo]
         flush()
+        if packed:
+            pieces += self._inflate(packed)
+        if len(pieces) == 1 and pieces[0][0] == start and len(pieces[0][1]) == end - start:
+            return pieces[0][1]  # one contiguous run: no copy
+        out = bytearray(end - start)
+        for vstart, data in pieces:
+            out[vstart - start:vstart - start + len(data)] = data
         return bytes(out)
