@@ -78,6 +78,7 @@ def test_real_sparse_extents(item, cache_dir):
     assert report.kind == "vmdk-sparse"
     with FileSource(path) as f:
         ext = SparseExtent(f)
+        assert ext.check() == []
         if item.name == "qemu/iotest-version3.vmdk":
             # made by VMware: grain directory at the end, found through the footer
             assert read_header(f).gd_offset == 0xFFFFFFFFFFFFFFFF and ext.size == 16 << 30

@@ -124,3 +124,23 @@ def test_grain_pointers_past_the_end():
 def test_capacity_limit_is_a_limit_error():
     with pytest.raises(LimitError):
         sparse.SparseExtent(BytesSource(bytes(_header(capacity=1 << 45)) + bytes(512)))
+
+
+def test_check_finds_shared_and_misplaced_grains():
+    raw = _header(capacity=4 * 128) + (4).to_bytes(4, "little") + bytes(508)
+    gt = bytearray(2048)
+    for i, sector in enumerate([128, 128, 1, 10**6]):  # shared, in metadata, past the end
+        gt[4 * i:4 * i + 4] = sector.to_bytes(4, "little")
+    data = bytes(raw) + bytes(1024) + bytes(gt) + bytes(128 * 512 - 3072 + 128 * 512)
+    ext = sparse.SparseExtent(BytesSource(data, "bad.vmdk"))
+    problems = ext.check()
+    assert problems == [
+        "grain 1 (table entry at 0x804) shares sector 128 with another grain",
+        "grain 2 (table entry at 0x808) points into the metadata (sector 1)",
+        "grain 3 (table entry at 0x80c) points past the end of the file (sector 1000000)"]
+
+
+def test_check_is_clean_on_qemu_files(images):
+    for name in ("plain.vmdk", "stream.vmdk", "zeroed.vmdk"):
+        with FileSource(images / name) as f:
+            assert sparse.SparseExtent(f).check() == []

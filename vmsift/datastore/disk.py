@@ -126,13 +126,28 @@ def _open_extent(volume: Volume, base_dir: str, extent: desc_mod.Extent,
     if extent.type in ("FLAT", "VMFS"):
         f = volume.open(path)
         return SliceSource(f, (extent.offset or 0) * SECTOR, size, path), path
-    if extent.type == "SPARSE":
+    if extent.type in ("SPARSE", "VMFSSPARSE", "SESPARSE"):
+        from ..formats.vmdk import cowd, sesparse
         # an embedded descriptor describes its own file, whatever the file is called now
         f = self_src if self_src is not None else volume.open(path)
-        ext = sparse.SparseExtent(f)
-        if ext.size != size:
-            raise FormatError(f"extent line {extent.line} says {extent.sectors} sectors, "
-                              f"the sparse header {ext.size // SECTOR}", source=path)
+        ext: ByteSource
+        try:
+            magic = f.read(0, 8)
+            # SPARSE and VMFSSPARSE files are told apart by magic, as VMware's tools do
+            if extent.type == "SESPARSE" or magic == sesparse.MAGIC_BYTES:
+                ext = sesparse.SeSparseExtent(f)
+            elif magic[:4] == cowd.MAGIC:
+                ext = cowd.CowdExtent(f)
+            else:
+                ext = sparse.SparseExtent(f)
+            if ext.size != size:
+                raise FormatError(f"extent line {extent.line} says {extent.sectors} sectors, "
+                                  f"the {extent.type.lower()} header {ext.size // SECTOR}",
+                                  source=path)
+        except BaseException:
+            if f is not self_src:
+                f.close()
+            raise
         return ext, path
     raise UnsupportedError(f"{extent.type} extents are not readable yet", source=self_path)
 
@@ -236,5 +251,9 @@ def describe(disk: VirtualDisk) -> Report:
     extents = Table("extents of " + top.path, ["access", "sectors", "type", "file", "offset"],
                     [[e.access, e.sectors, e.type, e.filename, e.offset]
                      for e in top.descriptor.extents])
-    return Report("disk", "VMware virtual disk", data, fields, [chain, extents],
-                  list(disk.warnings))
+    warnings = list(disk.warnings)
+    for link in disk.chain:
+        for part in getattr(link.source, "parts", [link.source]):
+            if isinstance(part, sparse.SparseExtent):
+                warnings += [f"{part.name}: {p}" for p in part.check()]
+    return Report("disk", "VMware virtual disk", data, fields, [chain, extents], warnings)

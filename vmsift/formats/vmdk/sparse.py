@@ -279,6 +279,40 @@ class SparseExtent(ByteSource):
             self._gt_cache[index] = table
         return table
 
+    def check(self, limit: int = 20) -> list[str]:
+        """Problems of the grain tables, found without reading grain data: grains that start
+        inside the metadata, run past the end of the file, or share file space (up to
+        ``limit`` messages). Memory: one bit per grain-sized slot of the file."""
+        problems: list[str] = []
+        g = self.header.grain_size
+        file_sectors = -(-self.file.size // SECTOR)
+        used = bytearray(file_sectors // g // 8 + 1)
+        per_gt = self.header.num_gtes_per_gt
+        for gt_index in range(len(self.gd)):
+            table = self._gt(gt_index)
+            if table is None:
+                continue
+            table_offset = self.gd[gt_index] * SECTOR
+            for i, entry in enumerate(table):
+                if self._kind(entry) is not Alloc.DATA:
+                    continue
+                grain = gt_index * per_gt + i
+                where = f"grain {grain} (table entry at {table_offset + 4 * i:#x})"
+                if entry < self.header.overhead:
+                    problems.append(f"{where} points into the metadata (sector {entry})")
+                elif entry >= file_sectors or (not self.compressed and entry + g > file_sectors
+                                               and grain * self.grain_bytes + self.grain_bytes
+                                               <= self.size):
+                    problems.append(f"{where} points past the end of the file (sector {entry})")
+                elif not self.compressed and entry % g == 0:
+                    slot = entry // g
+                    if used[slot >> 3] & (1 << (slot & 7)):
+                        problems.append(f"{where} shares sector {entry} with another grain")
+                    used[slot >> 3] |= 1 << (slot & 7)
+                if len(problems) >= limit:
+                    return problems + ["(more problems not listed)"]
+        return problems
+
     def _kind(self, entry: int) -> Alloc:
         if entry == 0:
             return Alloc.HOLE
