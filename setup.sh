@@ -11,6 +11,7 @@ SYSTEM_PACKAGES=(
   qemu-utils                                        # qemu-img / qemu-io: test oracles for VMDK
   fuse3 libfuse3-dev                                # FUSE mounts (pyfuse3)
   ocfs2-tools                                       # mkfs/debugfs/fsck.ocfs2: OCFS2 oracles
+  fdisk gdisk dosfstools                            # sfdisk/sgdisk/mkfs.vfat: partition oracles
 )
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

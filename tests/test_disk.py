@@ -261,3 +261,21 @@ def test_export_at_snapshot(disks, tmp_path):
     out = vmsift("disk", "info", "--snapshot", "nope", d / "child2.vmdk")
     assert out.returncode == 5 and "no snapshot 'nope'" in out.stderr
     assert "1='installed'" in out.stderr
+
+
+def test_disk_info_lists_partitions(tmp_path):
+    """A GPT written by sgdisk into a raw file, converted to a sparse VMDK by qemu-img."""
+    require_tool("sgdisk")
+    raw = tmp_path / "p.raw"
+    with open(raw, "wb") as f:
+        f.truncate(64 * MiB)
+    run("sgdisk", "-n", "1:2048:+16M", "-t", "1:ef00", "-c", "1:EFI system",
+        "-n", "2:0:0", "-t", "2:fb00", "-c", "2:datastore", str(raw))
+    run("qemu-img", "convert", "-O", "vmdk", str(raw), str(tmp_path / "p.vmdk"))
+    with open_disk(FolderVolume(tmp_path), "p.vmdk") as disk:
+        report = describe(disk)
+    assert report.data["partition_table"] == "gpt"
+    parts = report.data["partitions"]
+    assert [(p["index"], p["start"], p["name"]) for p in parts] == [
+        (1, 2048 * 512, "EFI system"), (2, 2048 * 512 + 16 * MiB, "datastore")]
+    assert "VMFS" in report.tables[2].rows[1][3]

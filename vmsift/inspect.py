@@ -26,9 +26,9 @@ HEAD_SIZE = 64 * 1024
 
 def _detectors() -> list[ModuleType]:
     """Format modules in the order they are tried: binary magics first, loose text last."""
-    from .formats import memory, nvram, vmcfg, vmsd, vmsn, vmtm, vmx, vmxf
+    from .formats import memory, nvram, partition, vmcfg, vmsd, vmsn, vmtm, vmx, vmxf
     from .formats.vmdk import descriptor, sparse
-    return [sparse, nvram, vmsn, vmxf, vmtm, descriptor, vmsd, vmx, vmcfg, memory]
+    return [sparse, nvram, vmsn, partition, vmxf, vmtm, descriptor, vmsd, vmx, vmcfg, memory]
 
 
 def detect(src: ByteSource) -> tuple[ModuleType, str]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ChainError, FormatError, UnsupportedError
+from ..formats import partition
 from ..formats.vmdk import descriptor as desc_mod
 from ..formats.vmdk import sparse
 from ..report import Report, Table
@@ -251,9 +252,15 @@ def describe(disk: VirtualDisk) -> Report:
     extents = Table("extents of " + top.path, ["access", "sectors", "type", "file", "offset"],
                     [[e.access, e.sectors, e.type, e.filename, e.offset]
                      for e in top.descriptor.extents])
-    warnings = list(disk.warnings)
+    table = partition.read_table(disk)
+    data["partition_table"] = table.kind
+    data["partitions"] = [p.to_dict() for p in table.partitions]
+    fields["partition table"] = table.kind
+    parts = Table("partitions", ["#", "start", "size", "type", "name"],
+                  [[p.index, p.start, p.size, p.type_name, p.name] for p in table.partitions])
+    warnings = list(disk.warnings) + [f"partition table: {w}" for w in table.warnings]
     for link in disk.chain:
         for part in getattr(link.source, "parts", [link.source]):
             if isinstance(part, sparse.SparseExtent):
                 warnings += [f"{part.name}: {p}" for p in part.check()]
-    return Report("disk", "VMware virtual disk", data, fields, [chain, extents], warnings)
+    return Report("disk", "VMware virtual disk", data, fields, [chain, extents, parts], warnings)
