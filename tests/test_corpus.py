@@ -97,3 +97,23 @@ def test_damaged_real_file_is_a_clean_error(cache_dir):
                 if p.values[0].name == "qemu/afl9.vmdk")
     with pytest.raises(FormatError, match="afl9.vmdk @ 0x1c: descriptor offset"):
         inspect_path(require(item, cache_dir))
+
+
+@pytest.mark.parametrize("item", corpus_files("vmdk-sesparse"))
+def test_real_esxi_sesparse_equals_qemu(item, cache_dir, tmp_path):
+    """An ESXi-made SESparse extent, given a descriptor, reads as qemu-img reads it."""
+    from vmsift.datastore.disk import open_disk
+    from vmsift.datastore.folder import FolderVolume
+
+    require_tool("qemu-img")
+    (tmp_path / "x-sesparse.vmdk").write_bytes(require(item, cache_dir).read_bytes())
+    (tmp_path / "x.vmdk").write_text('# Disk DescriptorFile\nversion=1\nCID=12345678\n'
+                                     'parentCID=ffffffff\ncreateType="seSparse"\n'
+                                     'RW 1048576 SESPARSE "x-sesparse.vmdk"\n')
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(tmp_path / "x.vmdk"),
+                    str(tmp_path / "q.raw")], check=True)
+    with open_disk(FolderVolume(tmp_path), "x.vmdk") as disk:
+        assert disk.read(0, disk.size) == (tmp_path / "q.raw").read_bytes()
+        ours = [(r.offset, r.length) for r in disk.extents() if r.kind is Alloc.DATA]
+    assert ours == [(m["start"], m["length"]) for m in qemu_map(tmp_path / "x.vmdk") if m["data"]]
+    assert ours == [(0, 16 << 20)]

@@ -16,8 +16,8 @@ from typing import Any
 
 from ..errors import ChainError, FormatError, UnsupportedError
 from ..formats import partition
+from ..formats.vmdk import cowd, sesparse, sparse
 from ..formats.vmdk import descriptor as desc_mod
-from ..formats.vmdk import sparse
 from ..report import Report, Table
 from ..source import (Alloc, ByteSource, ConcatSource, OverlaySource, Run, SliceSource,
                       ZeroSource)
@@ -128,7 +128,6 @@ def _open_extent(volume: Volume, base_dir: str, extent: desc_mod.Extent,
         f = volume.open(path)
         return SliceSource(f, (extent.offset or 0) * SECTOR, size, path), path
     if extent.type in ("SPARSE", "VMFSSPARSE", "SESPARSE"):
-        from ..formats.vmdk import cowd, sesparse
         # an embedded descriptor describes its own file, whatever the file is called now
         f = self_src if self_src is not None else volume.open(path)
         ext: ByteSource

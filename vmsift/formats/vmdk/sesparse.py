@@ -14,8 +14,8 @@ uint64, offsets and sizes in 512-byte sectors:
 * GT entries: the top nibble is the type: 0 not allocated (read the parent), 1 unmapped
   (SCSI UNMAP), 2 zero, 3 allocated with a grain number split across the other bits.
 
-We read unmapped grains (type 1) as zeros, like qemu and like the guest saw them after the
-UNMAP: falling through to the parent would bring back data the guest had discarded.
+We read unmapped grains (type 1) as zeros, like qemu: falling through to the parent would
+bring back pre-snapshot data the guest had discarded (see the format document).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ GRAIN_SECTORS = 8
 GT_SECTORS = 64
 MAGIC_BYTES = CONST_MAGIC.to_bytes(8, "little")
 MAX_CAPACITY_SECTORS = 1 << 37     # 64 TiB, the format's ceiling
+MAX_SECTOR = (1 << 54) - 1         # byte offsets stay below 2^63
 GD_ALLOCATED = 0x1000000000000000
 TYPE_UNALLOCATED, TYPE_UNMAPPED, TYPE_ZERO, TYPE_ALLOCATED = range(4)
 TYPE_NAMES = {0: "unallocated", 1: "unmapped", 2: "zero", 3: "allocated"}
@@ -277,7 +278,12 @@ class SeSparseExtent(GrainMapExtent):
             kind = e >> 60
             if kind == TYPE_ALLOCATED:
                 number = ((e >> 48) & 0xFFF) | ((e & 0x0000FFFFFFFFFFFF) << 12)
-                out[i] = base + number * g
+                sector = base + number * g
+                if sector > MAX_SECTOR:
+                    raise FormatError(f"grain table entry {i} ({e:#018x}) points to sector "
+                                      f"{sector}, beyond any file", source=self.name,
+                                      offset=table_at + 8 * i)
+                out[i] = sector
             elif kind in (TYPE_ZERO, TYPE_UNMAPPED):
                 out[i] = ZERO_ENTRY
             elif e != 0:

@@ -279,6 +279,9 @@ class SparseExtent(ByteSource):
             self._gt_cache[index] = table
         return table
 
+    def close(self) -> None:
+        self.file.close()
+
     def check(self, limit: int = 20) -> list[str]:
         """Problems of the grain tables, found without reading grain data: grains that start
         inside the metadata, run past the end of the file, or share file space (up to
