@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import SAMPLES
+from tests.helpers import SAMPLES, mutate
 from vmsift.errors import VmsiftError
 from vmsift.inspect import _detectors, inspect_source
 from vmsift.source import BytesSource
@@ -38,19 +38,8 @@ def test_random_bytes(data):
 @FUZZ
 @given(st.sampled_from(SEEDS), st.data())
 def test_mutated_real_files(seed, data):
-    raw = bytearray(seed.read_bytes()[:256 * 1024])
-    for _ in range(data.draw(st.integers(1, 8))):
-        pos = data.draw(st.integers(0, max(len(raw) - 1, 0)))
-        action = data.draw(st.sampled_from(["flip", "cut", "insert", "max"]))
-        if action == "flip" and raw:
-            raw[pos] ^= 1 << data.draw(st.integers(0, 7))
-        elif action == "cut":
-            del raw[pos:]
-        elif action == "insert":
-            raw[pos:pos] = data.draw(st.binary(min_size=1, max_size=16))
-        elif raw:
-            raw[pos:pos + 8] = b"\xff" * 8
-    decode(bytes(raw))
+    raw = mutate(data, seed.read_bytes()[:256 * 1024])
+    decode(raw)
 
 
 @pytest.mark.parametrize("module", _detectors(), ids=lambda m: m.KIND)

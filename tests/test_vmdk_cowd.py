@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.fixtures.cowd_writer import header_bytes, write_cowd, write_delta_disk
-from tests.helpers import require_tool
+from tests.helpers import mutate, require_tool
 from vmsift.datastore.disk import open_disk
 from vmsift.datastore.folder import FolderVolume
 from vmsift.errors import FormatError, LimitError, TruncatedError, VmsiftError
@@ -258,21 +258,8 @@ def seed(tmp_path_factory):
 @FUZZ
 @given(st.data())
 def test_fuzz_mutated_writer_output(seed, data):
-    raw = bytearray(seed)
-    for _ in range(data.draw(st.integers(1, 6))):
-        pos = data.draw(st.integers(0, len(raw) - 1))
-        action = data.draw(st.sampled_from(["flip", "cut", "max", "word"]))
-        if action == "flip":
-            raw[pos] ^= 1 << data.draw(st.integers(0, 7))
-        elif action == "cut":
-            del raw[pos:]
-            if not raw:
-                break
-        elif action == "max":
-            raw[pos:pos + 4] = b"\xff" * 4
-        else:
-            raw[pos:pos + 4] = struct.pack("<I", data.draw(st.integers(0, (1 << 32) - 1)))
-    exercise(bytes(raw))
+    raw = mutate(data, seed, rounds=6)
+    exercise(raw)
 
 
 @FUZZ

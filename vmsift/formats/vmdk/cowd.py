@@ -356,6 +356,13 @@ class CowdExtent(GrainMapExtent):
 MAX_TABLES_COUNTED = 4096  # walk at most this many grain tables for the report
 
 
+def first_runs_table(ext: ByteSource, count: int = 50) -> Table:
+    """The first ``count`` runs of an extent's allocation map, for inspect reports."""
+    runs = itertools.islice(ext.extents(), count)
+    return Table(f"allocation map (first {count} runs)", ["offset", "length", "kind"],
+                 [[r.offset, r.length, r.kind.value] for r in runs])
+
+
 def table_summary(ext: GrainMapExtent) -> dict[str, Any]:
     """Directory entries in use, tables allocated, and whether counting grains is cheap."""
     tables = len(ext.gd) - ext.gd.count(0)
@@ -386,9 +393,7 @@ def inspect(src: ByteSource) -> Report:
         fields["grain tables"] = summary["tables_allocated"]
         if summary["grains"] is not None:
             fields["allocated"] = f"{summary['grains']['data'] * ext.grain_bytes} bytes"
-            runs = itertools.islice(ext.extents(), 50)
-            tables.append(Table("allocation map (first 50 runs)", ["offset", "length", "kind"],
-                                [[r.offset, r.length, r.kind.value] for r in runs]))
+            tables.append(first_runs_table(ext))
     except VmsiftError as e:
         warnings.append(f"grain map unreadable: {e}")
     return Report(KIND, "VMDK COWD delta extent (vmfsSparse)", data, fields, tables, warnings)

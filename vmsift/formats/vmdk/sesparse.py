@@ -21,7 +21,6 @@ bring back pre-snapshot data the guest had discarded (see the format document).
 from __future__ import annotations
 
 import array
-import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +29,7 @@ from construct import Array, Bytes, Int64ul, Struct
 from ...errors import FormatError, TruncatedError, UnsupportedError, VmsiftError, check_limit
 from ...report import Report, Table
 from ...source import ByteSource
-from .cowd import ZERO_ENTRY, GrainMapExtent, table_summary, uint_array
+from .cowd import ZERO_ENTRY, GrainMapExtent, first_runs_table, table_summary, uint_array
 
 KIND = "vmdk-sesparse"
 SECTOR = 512
@@ -356,9 +355,7 @@ def inspect(src: ByteSource) -> Report:
         if t is not None:
             summary["grains"] = grains_by_kind(t)
             fields["allocated"] = f"{summary['grains']['data'] * ext.grain_bytes} bytes"
-            runs = itertools.islice(ext.extents(), 50)
-            tables.append(Table("allocation map (first 50 runs)", ["offset", "length", "kind"],
-                                [[r.offset, r.length, r.kind.value] for r in runs]))
+            tables.append(first_runs_table(ext))
     except VmsiftError as e:
         warnings.append(f"grain map unreadable: {e}")
     return Report(KIND, "VMDK SESparse delta extent (seSparse)", data, fields, tables, warnings)
