@@ -279,3 +279,15 @@ def test_disk_info_lists_partitions(tmp_path):
     assert [(p["index"], p["start"], p["name"]) for p in parts] == [
         (1, 2048 * 512, "EFI system"), (2, 2048 * 512 + 16 * MiB, "datastore")]
     assert "VMFS" in report.tables[2].rows[1][3]
+
+
+@pytest.mark.parametrize("subformat", ["monolithicSparse", "streamOptimized"])
+def test_cli_export_vmdk_reads_back_in_qemu(disks, tmp_path, subformat):
+    d = disks / "monolithicSparse"
+    target = tmp_path / "out.vmdk"
+    out = vmsift("disk", "export", "--format", "vmdk", "--subformat", subformat,
+                 d / "child2.vmdk", target)
+    assert out.returncode == 0, out.stderr
+    info = json.loads(run("qemu-img", "info", "--output=json", str(target)))
+    assert info["format-specific"]["data"]["create-type"] == subformat
+    run("qemu-img", "compare", "-f", "vmdk", "-F", "raw", str(target), str(d / "expected.raw"))

@@ -171,21 +171,36 @@ def disk_map(vmdk: str, datastore: str | None, no_verify: bool, snapshot: str | 
 @disk.command("export")
 @_disk_options
 @click.argument("out", type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["raw"]), default="raw", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["raw", "vmdk"]), default="raw",
+              show_default=True, help="raw (sparse file) or a single-file VMDK.")
+@click.option("--subformat", type=click.Choice(["monolithicSparse", "streamOptimized"]),
+              default="monolithicSparse", show_default=True, help="VMDK kind to write.")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 def disk_export(vmdk: str, datastore: str | None, no_verify: bool, snapshot: str | None,
-                out: str, fmt: str, force: bool) -> None:
-    """Write the flattened disk to OUT (raw output is sparse)."""
+                out: str, fmt: str, subformat: str, force: bool) -> None:
+    """Write the flattened disk to OUT (raw output is sparse; holes are never written)."""
     from .datastore.export import export_raw
+    from .formats.vmdk.writer import ADAPTERS, write_vmdk
 
     with _open_disk(vmdk, datastore, no_verify, snapshot) as d:
+        def run(progress=None):
+            if fmt == "raw":
+                return export_raw(d, out, overwrite=force, progress=progress)
+            adapter = d.descriptor.ddb_get("adapterType")
+            return write_vmdk(d, out, subformat, overwrite=force, progress=progress,
+                              adapter=adapter if adapter in ADAPTERS else "lsilogic")
+
         if sys.stderr.isatty():
             with click.progressbar(length=d.size, label="export", file=sys.stderr) as bar:
-                stats = export_raw(d, out, overwrite=force, progress=bar.update)
+                stats = run(bar.update)
         else:
-            stats = export_raw(d, out, overwrite=force)
-    click.echo(f"{out}: {stats.size} bytes, {stats.written} written, "
-               f"{stats.skipped} left as holes", err=True)
+            stats = run()
+    if fmt == "raw":
+        click.echo(f"{out}: {stats.size} bytes, {stats.written} written, "
+                   f"{stats.skipped} left as holes", err=True)
+    else:
+        click.echo(f"{out}: {stats.subformat}, {stats.size} bytes, {stats.grains_stored} grains "
+                   f"stored, file {stats.file_size} bytes", err=True)
 
 
 def _error_document(error: VmsiftError) -> dict[str, Any]:
