@@ -11,7 +11,7 @@ from tests.helpers import require_tool
 from vmsift.datastore.disk import describe, open_disk
 from vmsift.datastore.export import export_raw
 from vmsift.datastore.folder import FolderVolume
-from vmsift.errors import ChainError, SourceError, UnsupportedError
+from vmsift.errors import ChainError, SourceError, TruncatedError, UnsupportedError
 from vmsift.source import Alloc
 
 GiB = 1 << 30
@@ -198,16 +198,57 @@ def test_symlink_out_of_the_datastore_is_refused(tmp_path, disks):
         open_disk(FolderVolume(d), "x.vmdk")
 
 
-def test_rdm_and_unreadable_kinds(tmp_path):
+def test_raw_device_maps(tmp_path):
     (tmp_path / "r.vmdk").write_text('# Disk DescriptorFile\nversion=1\nCID=fffffffe\n'
-                                     'parentCID=ffffffff\ncreateType="vmfsRawDeviceMap"\n'
-                                     'RW 2048 VMFSRDM "r-rdm.vmdk"\n')
-    with pytest.raises(UnsupportedError, match="raw device mapping"):
-        open_disk(FolderVolume(tmp_path), "r.vmdk")
+                                     'parentCID=ffffffff\n'
+                                     'createType="vmfsPassthroughRawDeviceMap"\n'
+                                     'RW 2048 VMFSRDM "r-rdmp.vmdk"\n')
+    with open_disk(FolderVolume(tmp_path), "r.vmdk") as disk:
+        report = describe(disk)
+        assert report.data["chain"][0]["raw_device_map"] == {
+            "mapping_file": "r-rdmp.vmdk", "mode": "physical (passthrough)",
+            "data_present": False}
+        with pytest.raises(UnsupportedError, match="raw device mapping .* LUN") as e:
+            disk.read(512, 10)
+        assert "r-rdmp.vmdk @ 0x200" in str(e.value)
+    lun = tmp_path / "lun.img"
+    lun.write_bytes(b"L" * 2048 * 512)
+    from vmsift.datastore.disk import OpenOptions
+    from vmsift.source import FileSource
+    with FileSource(lun) as dev, open_disk(FolderVolume(tmp_path), "r.vmdk",
+                                           options=OpenOptions(device=dev)) as disk:
+        assert disk.read(0, 4) == b"LLLL"
+        assert describe(disk).data["chain"][0]["raw_device_map"]["data_present"] is True
+
+
+def test_missing_and_truncated_extents(tmp_path):
     (tmp_path / "z.vmdk").write_text('createType="custom"\nRW 2048 ZERO\n'
                                      'RW 8 FLAT "missing-flat.vmdk" 0\n')
     with pytest.raises(SourceError, match="no such file"):
         open_disk(FolderVolume(tmp_path), "z.vmdk")
+    (tmp_path / "short-flat.vmdk").write_bytes(b"x" * 1000)
+    (tmp_path / "s.vmdk").write_text('createType="monolithicFlat"\n'
+                                     'RW 8 FLAT "short-flat.vmdk" 0\n')
+    with open_disk(FolderVolume(tmp_path), "s.vmdk") as disk:
+        with pytest.raises(TruncatedError) as e:
+            disk.read(0, 4096)
+        assert "short-flat.vmdk @ 0x3e8" in str(e.value)
+
+
+def test_salvage_reads_truncated_sparse_as_zeros(disks, tmp_path):
+    from vmsift.datastore.disk import OpenOptions
+    raw = (disks / "monolithicSparse" / "base.vmdk").read_bytes()
+    (tmp_path / "cut.vmdk").write_bytes(raw[:len(raw) - 65536 - 1000])  # last grains lost
+    with open_disk(FolderVolume(tmp_path), "cut.vmdk") as disk:
+        with pytest.raises(TruncatedError, match="runs past the end"):
+            disk.read(3 * GiB - 512, 512)
+        assert disk.read(0, 4) == b"\x11" * 4  # what is still there reads fine
+    with open_disk(FolderVolume(tmp_path), "cut.vmdk",
+                   options=OpenOptions(salvage=True)) as disk:
+        assert disk.read(3 * GiB - 512, 512) == bytes(512)
+        assert disk.read(0, 4) == b"\x11" * 4
+        damaged = disk.chain[0].source.damaged
+    assert len(damaged) == 1 and "read as zeros" in damaged[0] and "cut.vmdk" in damaged[0]
 
 
 def vmsift(*args):
@@ -291,3 +332,19 @@ def test_cli_export_vmdk_reads_back_in_qemu(disks, tmp_path, subformat):
     info = json.loads(run("qemu-img", "info", "--output=json", str(target)))
     assert info["format-specific"]["data"]["create-type"] == subformat
     run("qemu-img", "compare", "-f", "vmdk", "-F", "raw", str(target), str(d / "expected.raw"))
+
+
+def test_cli_salvage_and_device(disks, tmp_path):
+    raw = (disks / "monolithicSparse" / "base.vmdk").read_bytes()
+    (tmp_path / "cut.vmdk").write_bytes(raw[:len(raw) - 65536 - 1000])
+    out = vmsift("disk", "export", tmp_path / "cut.vmdk", tmp_path / "a.raw")
+    assert out.returncode == 3 and "runs past the end" in out.stderr
+    out = vmsift("disk", "export", "--salvage", tmp_path / "cut.vmdk", tmp_path / "b.raw")
+    assert out.returncode == 0 and "warning: salvaged:" in out.stderr
+    (tmp_path / "r.vmdk").write_text('createType="vmfsRawDeviceMap"\nRW 8 VMFSRDM "r-rdm.vmdk"\n')
+    (tmp_path / "lun.img").write_bytes(b"Q" * 4096)
+    out = vmsift("disk", "export", tmp_path / "r.vmdk", tmp_path / "c.raw")
+    assert out.returncode == 4 and "give the LUN image" in out.stderr
+    out = vmsift("disk", "export", "--device", tmp_path / "lun.img", tmp_path / "r.vmdk",
+                 tmp_path / "d.raw")
+    assert out.returncode == 0 and (tmp_path / "d.raw").read_bytes() == b"Q" * 4096

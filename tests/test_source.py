@@ -81,8 +81,11 @@ def test_slice_source(sparse_file):
         # MiB is block aligned, so the host file's hole ends exactly there
         assert list(s.extents()) == [Run(0, 10, Alloc.HOLE), Run(10, 10, Alloc.DATA)]
         tail = SliceSource(f, 8 * MiB - 10, 100)  # reaches past the end of its parent
-        assert tail.read(0, 100) == b"Z" * 10
-        assert list(tail.extents())[-1] == Run(10, 90, Alloc.HOLE)
+        assert tail.read(0, 10) == b"Z" * 10
+        with pytest.raises(TruncatedError) as e:
+            tail.read(0, 100)
+        assert f"@ {8 * MiB:#x}" in str(e.value)
+        assert list(tail.extents())[-1] == Run(10, 90, Alloc.DATA)
 
 
 def test_zero_source():

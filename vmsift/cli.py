@@ -6,6 +6,7 @@ Exit codes (see docs/cli.md): 0 success, 2 usage, and each `VmsiftError` class's
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import os
@@ -110,14 +111,23 @@ def _disk_options(f):
                      help="Read on when CIDs or capacities of the chain disagree (warns).")(f)
     f = click.option("--snapshot", metavar="NAME|UID",
                      help="The disk as it was at this snapshot (from the .vmsd beside it).")(f)
+    f = click.option("--device", type=click.Path(dir_okay=False, exists=True),
+                     help="Image of the LUN behind a raw device mapping.")(f)
+    f = click.option("--salvage", is_flag=True,
+                     help="Read damaged sparse grains as zeros and list them (forensics).")(f)
     return click.argument("vmdk", type=click.Path(dir_okay=False))(f)
 
 
-def _open_disk(vmdk: str, datastore: str | None, no_verify: bool, snapshot: str | None):
-    from .datastore.disk import open_disk
+@contextlib.contextmanager
+def _open_disk(vmdk: str, datastore: str | None, no_verify: bool, snapshot: str | None,
+               device: str | None = None, salvage: bool = False):
+    """The disk named on the command line, opened read-only, with its chain; warns about
+    what salvage had to zero when done."""
+    from .datastore.disk import OpenOptions, open_disk
     from .datastore.folder import FolderVolume
     from .datastore.snapshots import disk_at_snapshot
     from .errors import ChainError
+    from .source import FileSource
 
     volume = FolderVolume(datastore or os.path.dirname(os.path.abspath(vmdk)))
     rel = os.path.relpath(os.path.realpath(vmdk), volume.root)
@@ -125,7 +135,14 @@ def _open_disk(vmdk: str, datastore: str | None, no_verify: bool, snapshot: str 
         raise ChainError(f"{vmdk} is not inside the datastore folder {volume.root}")
     if snapshot is not None:
         rel = disk_at_snapshot(volume, rel, snapshot)
-    return open_disk(volume, rel, strict=not no_verify)
+    with contextlib.ExitStack() as stack:
+        dev = stack.enter_context(FileSource(device)) if device else None
+        disk = stack.enter_context(open_disk(volume, rel, strict=not no_verify,
+                                             options=OpenOptions(dev, salvage)))
+        yield disk
+        for link in disk.chain:
+            for note in getattr(link.source, "damaged", []):
+                click.echo(f"warning: salvaged: {note}", err=True)
 
 
 def _echo_json(doc: dict[str, Any]) -> None:
@@ -136,11 +153,11 @@ def _echo_json(doc: dict[str, Any]) -> None:
 @_disk_options
 @click.option("--json", "as_json", is_flag=True, help="Print the stable JSON document.")
 def disk_info(vmdk: str, datastore: str | None, no_verify: bool, snapshot: str | None,
-              as_json: bool) -> None:
+              device: str | None, salvage: bool, as_json: bool) -> None:
     """Chain, extents, geometry, adapter and change tracking of a disk."""
     from .datastore.disk import describe
 
-    with _open_disk(vmdk, datastore, no_verify, snapshot) as d:
+    with _open_disk(vmdk, datastore, no_verify, snapshot, device, salvage) as d:
         report = describe(d)
     if as_json:
         _echo_json(report_document(vmdk, report))
@@ -154,9 +171,9 @@ def disk_info(vmdk: str, datastore: str | None, no_verify: bool, snapshot: str |
 @_disk_options
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
 def disk_map(vmdk: str, datastore: str | None, no_verify: bool, snapshot: str | None,
-             as_json: bool) -> None:
+             device: str | None, salvage: bool, as_json: bool) -> None:
     """The allocation map of the flattened disk: DATA, ZERO and HOLE runs."""
-    with _open_disk(vmdk, datastore, no_verify, snapshot) as d:
+    with _open_disk(vmdk, datastore, no_verify, snapshot, device, salvage) as d:
         runs = list(d.extents())
         size = d.size
     if as_json:
@@ -177,12 +194,13 @@ def disk_map(vmdk: str, datastore: str | None, no_verify: bool, snapshot: str | 
               default="monolithicSparse", show_default=True, help="VMDK kind to write.")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 def disk_export(vmdk: str, datastore: str | None, no_verify: bool, snapshot: str | None,
-                out: str, fmt: str, subformat: str, force: bool) -> None:
+                device: str | None, salvage: bool, out: str, fmt: str, subformat: str,
+                force: bool) -> None:
     """Write the flattened disk to OUT (raw output is sparse; holes are never written)."""
     from .datastore.export import export_raw
     from .formats.vmdk.writer import ADAPTERS, write_vmdk
 
-    with _open_disk(vmdk, datastore, no_verify, snapshot) as d:
+    with _open_disk(vmdk, datastore, no_verify, snapshot, device, salvage) as d:
         def run(progress=None):
             if fmt == "raw":
                 return export_raw(d, out, overwrite=force, progress=progress)

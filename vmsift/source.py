@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
-from .errors import LimitError, SourceError, TruncatedError
+from .errors import LimitError, SourceError, TruncatedError, UnsupportedError
 
 
 class Alloc(enum.Enum):
@@ -178,7 +178,11 @@ class FileSource(ByteSource):
 
 
 class SliceSource(ByteSource):
-    """The byte range ``[start, start+length)`` of another source."""
+    """The byte range ``[start, start+length)`` of another source.
+
+    A slice that reaches past the end of its parent (a truncated flat extent) maps that part
+    as DATA and reading it is a `TruncatedError`, so the loss is never silent.
+    """
 
     def __init__(self, parent: ByteSource, start: int, length: int, name: str | None = None):
         if start < 0 or length < 0:
@@ -191,8 +195,9 @@ class SliceSource(ByteSource):
     def read(self, offset: int, length: int) -> bytes:
         start, end = clip(self.size, offset, length)
         data = self.parent.read(self.start + start, end - start)
-        if len(data) < end - start and self.start + end <= self.parent.size:
-            raise TruncatedError("short read inside a slice", source=self.parent.name,
+        if len(data) < end - start:
+            raise TruncatedError(f"{self.parent.name} ends at {self.parent.size:#x}, inside "
+                                 f"the range this slice needs", source=self.parent.name,
                                  offset=self.start + start + len(data))
         return data
 
@@ -202,8 +207,8 @@ class SliceSource(ByteSource):
         for run in self.parent.extents(self.start + start, end - start):
             yield Run(run.offset - self.start, run.length, run.kind)
             covered = run.end - self.start
-        if covered < end:  # slice reaches past the end of its parent
-            yield Run(covered, end - covered, Alloc.HOLE)
+        if covered < end:  # past the end of the parent: missing data, not a hole
+            yield Run(covered, end - covered, Alloc.DATA)
 
 
 class ZeroSource(ByteSource):
@@ -318,3 +323,19 @@ class OverlaySource(ByteSource):
     def close(self) -> None:
         self.top.close()
         self.parent.close()
+
+
+class UnavailableSource(ByteSource):
+    """Bytes that exist but are not here (a raw device mapping's LUN): the map says DATA,
+    and any read is an `UnsupportedError` giving ``reason``."""
+
+    def __init__(self, size: int, name: str, reason: str):
+        self.size = size
+        self.name = name
+        self.reason = reason
+
+    def read(self, offset: int, length: int) -> bytes:
+        start, end = clip(self.size, offset, length)
+        if end <= start:
+            return b""
+        raise UnsupportedError(self.reason, source=self.name, offset=start)

@@ -20,7 +20,7 @@ from ..formats.vmdk import cowd, sesparse, sparse
 from ..formats.vmdk import descriptor as desc_mod
 from ..report import Report, Table
 from ..source import (Alloc, ByteSource, ConcatSource, OverlaySource, Run, SliceSource,
-                      ZeroSource)
+                      UnavailableSource, ZeroSource)
 from .volume import Volume
 
 SECTOR = 512
@@ -59,7 +59,18 @@ class Link:
                 "parent_cid": None if d.parent_cid is None else f"{d.parent_cid:08x}",
                 "parent_hint": d.parent_hint, "capacity": self.capacity,
                 "allocated": self.allocated(), "extent_files": self.extent_files,
-                "change_track_path": d.change_track_path}
+                "change_track_path": d.change_track_path, "raw_device_map": self.raw_device_map()}
+
+    def raw_device_map(self) -> dict[str, Any] | None:
+        """Mapping file and compatibility mode of a raw device mapping, else None."""
+        rdm = [e for e in self.descriptor.extents if e.type in ("VMFSRDM", "VMFSRAW")]
+        if not rdm:
+            return None
+        physical = (self.descriptor.create_type or "").lower() in (
+            "vmfspassthroughrawdevicemap", "vmfsrdmp") or rdm[0].type == "VMFSRAW"
+        return {"mapping_file": rdm[0].filename,
+                "mode": "physical (passthrough)" if physical else "virtual",
+                "data_present": not isinstance(self.source, UnavailableSource)}
 
 
 class VirtualDisk(ByteSource):
@@ -111,8 +122,18 @@ def _load_descriptor(volume: Volume, path: str) -> tuple[desc_mod.Descriptor, By
     return desc, None
 
 
-def _open_extent(volume: Volume, base_dir: str, extent: desc_mod.Extent,
-                 self_path: str, self_src: ByteSource | None) -> tuple[ByteSource, str | None]:
+@dataclass
+class OpenOptions:
+    """How to open disks: ``device`` is the LUN behind a raw device mapping (else reads of
+    it fail clearly); ``salvage`` reads damaged sparse grains as zeros and records them."""
+
+    device: ByteSource | None = None
+    salvage: bool = False
+
+
+def _open_extent(volume: Volume, base_dir: str, extent: desc_mod.Extent, self_path: str,
+                 self_src: ByteSource | None, options: OpenOptions
+                 ) -> tuple[ByteSource, str | None]:
     size = extent.sectors * SECTOR
     if extent.type == "ZERO":
         return ZeroSource(size, "ZERO extent"), None
@@ -120,9 +141,12 @@ def _open_extent(volume: Volume, base_dir: str, extent: desc_mod.Extent,
         raise FormatError(f"{extent.type} extent on line {extent.line} names no file",
                           source=self_path)
     if extent.type in ("VMFSRDM", "VMFSRAW"):
-        raise UnsupportedError(
+        if options.device is not None:
+            return SliceSource(options.device, (extent.offset or 0) * SECTOR, size,
+                               options.device.name), None
+        return UnavailableSource(size, extent.filename, (
             f"raw device mapping ({extent.type} {extent.filename!r}): the data is on a LUN "
-            "that is not part of the datastore", source=self_path)
+            "that is not part of the datastore; give the LUN image as the device")), None
     path = self_path if self_src is not None else volume.resolve(base_dir, extent.filename)
     if extent.type in ("FLAT", "VMFS"):
         f = volume.open(path)
@@ -139,7 +163,7 @@ def _open_extent(volume: Volume, base_dir: str, extent: desc_mod.Extent,
             elif magic[:4] == cowd.MAGIC:
                 ext = cowd.CowdExtent(f)
             else:
-                ext = sparse.SparseExtent(f)
+                ext = sparse.SparseExtent(f, salvage=options.salvage)
             if ext.size != size:
                 raise FormatError(f"extent line {extent.line} says {extent.sectors} sectors, "
                                   f"the {extent.type.lower()} header {ext.size // SECTOR}",
@@ -152,14 +176,15 @@ def _open_extent(volume: Volume, base_dir: str, extent: desc_mod.Extent,
     raise UnsupportedError(f"{extent.type} extents are not readable yet", source=self_path)
 
 
-def open_link(volume: Volume, path: str) -> Link:
+def open_link(volume: Volume, path: str, options: OpenOptions | None = None) -> Link:
     """Open one disk file (descriptor + extents) without its parents."""
+    options = options or OpenOptions()
     desc, self_src = _load_descriptor(volume, path)
     base_dir = posixpath.dirname(path)
     parts, files = [], []
     try:
         for extent in desc.extents:
-            src, file = _open_extent(volume, base_dir, extent, path, self_src)
+            src, file = _open_extent(volume, base_dir, extent, path, self_src, options)
             parts.append(src)
             if file:
                 files.append(file)
@@ -175,11 +200,12 @@ def open_link(volume: Volume, path: str) -> Link:
     return Link(path, desc, source, files)
 
 
-def open_disk(volume: Volume, path: str, *, strict: bool = True) -> VirtualDisk:
+def open_disk(volume: Volume, path: str, *, strict: bool = True,
+              options: OpenOptions | None = None) -> VirtualDisk:
     """Open the disk at ``path`` on ``volume`` with its whole chain.
 
     With ``strict=False`` CID and capacity mismatches become warnings; loops, missing parents
-    and escapes stay errors.
+    and escapes stay errors. ``options``: the device behind a raw device mapping, salvage.
     """
     chain: list[Link] = []
     warnings: list[str] = []
@@ -192,7 +218,7 @@ def open_disk(volume: Volume, path: str, *, strict: bool = True) -> VirtualDisk:
             if len(chain) >= MAX_CHAIN:
                 raise ChainError(f"chain is deeper than {MAX_CHAIN} links", source=path)
             seen.add(current)
-            link = open_link(volume, current)
+            link = open_link(volume, current, options)
             if chain:
                 _check_link(chain[-1], link, strict, warnings)
             chain.append(link)
@@ -251,7 +277,10 @@ def describe(disk: VirtualDisk) -> Report:
     extents = Table("extents of " + top.path, ["access", "sectors", "type", "file", "offset"],
                     [[e.access, e.sectors, e.type, e.filename, e.offset]
                      for e in top.descriptor.extents])
-    table = partition.read_table(disk)
+    try:
+        table = partition.read_table(disk)
+    except UnsupportedError as e:  # the data is elsewhere (a raw device mapping)
+        table = partition.PartitionTable(None, disk.size, warnings=[f"not read: {e}"])
     data["partition_table"] = table.kind
     data["partitions"] = [p.to_dict() for p in table.partitions]
     fields["partition table"] = table.kind
