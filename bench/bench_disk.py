@@ -53,7 +53,9 @@ def make_source(path: Path, size: int) -> None:
 
 
 def timed(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of one command."""
+    """Wall seconds and peak RSS (KiB) of one command, started with no dirty pages left by
+    the previous one (else it pays for the previous writer's writeback)."""
+    os.sync()
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)

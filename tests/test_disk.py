@@ -339,6 +339,7 @@ def test_cli_salvage_and_device(disks, tmp_path):
     (tmp_path / "cut.vmdk").write_bytes(raw[:len(raw) - 65536 - 1000])
     out = vmsift("disk", "export", tmp_path / "cut.vmdk", tmp_path / "a.raw")
     assert out.returncode == 3 and "runs past the end" in out.stderr
+    assert not (tmp_path / "a.raw").exists()  # no half-written output left
     out = vmsift("disk", "export", "--salvage", tmp_path / "cut.vmdk", tmp_path / "b.raw")
     assert out.returncode == 0 and "warning: salvaged:" in out.stderr
     (tmp_path / "r.vmdk").write_text('createType="vmfsRawDeviceMap"\nRW 8 VMFSRDM "r-rdm.vmdk"\n')

@@ -1,11 +1,15 @@
 """Copy a disk (any `ByteSource`) out to a host file.
 
 Raw output is sparse: HOLE and ZERO runs, and DATA blocks that are all zeros, are skipped
-with a seek, never written; the file is then cut to the disk's size.
+with a seek, never written; the file is then cut to the disk's size and synced. When the
+export fails, the partial output is removed.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import concurrent.futures
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +18,7 @@ from ..errors import SourceError
 from ..source import Alloc, ByteSource
 
 BLOCK = 4 << 20
+IN_FLIGHT = 4  # blocks queued for the writer: bounds memory to a few BLOCKs
 
 
 @dataclass
@@ -41,26 +46,38 @@ def export_raw(src: ByteSource, out_path: str | os.PathLike, *, overwrite: bool 
             from None
     written = 0
     zero_block = bytes(BLOCK)
+    pending: collections.deque[concurrent.futures.Future] = collections.deque()
     try:
-        for run in src.extents():
-            if run.kind is not Alloc.DATA:
-                if progress:
-                    progress(run.length)
-                continue
-            pos = run.offset
-            while pos < run.end:
-                n = min(BLOCK, run.end - pos)
-                data = src.read_exact(pos, n, "disk data")
-                if data != zero_block[:n]:
-                    _write_all(fd, data, pos)
-                    written += n
-                pos += n
-                if progress:
-                    progress(n)
+        # reads (and inflating) overlap with writes: one writer thread, a few blocks ahead
+        with concurrent.futures.ThreadPoolExecutor(1, "vmsift-export") as writer:
+            for run in src.extents():
+                if run.kind is not Alloc.DATA:
+                    if progress:
+                        progress(run.length)
+                    continue
+                for pos in range(run.offset, run.end, BLOCK):
+                    n = min(BLOCK, run.end - pos)
+                    data = src.read_exact(pos, n, "disk data")
+                    if data != zero_block[:n]:
+                        pending.append(writer.submit(_write_all, fd, data, pos))
+                        written += n
+                        while len(pending) > IN_FLIGHT:
+                            pending.popleft().result()
+                    if progress:
+                        progress(n)
+            while pending:
+                pending.popleft().result()
         os.ftruncate(fd, src.size)
         os.fsync(fd)
-    except OSError as e:
-        raise SourceError(f"write failed: {e.strerror}", source=os.fspath(out_path)) from None
-    finally:
+    except BaseException as e:
+        for future in pending:
+            future.cancel()
         os.close(fd)
+        with contextlib.suppress(OSError):  # no half-written image left behind
+            os.unlink(out_path)
+        if isinstance(e, OSError):
+            raise SourceError(f"write failed: {e.strerror}", source=os.fspath(out_path)) \
+                from None
+        raise
+    os.close(fd)
     return ExportStats(src.size, written, src.size - written)
