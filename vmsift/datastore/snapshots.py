@@ -18,7 +18,8 @@ MAX_VMSD = 16 << 20
 
 
 def find_vmsd(volume: Volume, folder: str) -> list[str]:
-    return [posixpath.join(folder, n) for n in volume.listdir(folder) if n.lower().endswith(".vmsd")]
+    return [posixpath.join(folder, e.name) for e in volume.listdir(folder)
+            if e.name.lower().endswith(".vmsd")]
 
 
 def pick_snapshot(db: vmsd_mod.Vmsd, wanted: str) -> vmsd_mod.Snapshot:

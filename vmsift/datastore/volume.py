@@ -1,34 +1,141 @@
-"""`Volume`: a read-only file tree (a plain folder, a VMFS or OCFS2 image) that disks live on.
+"""`Volume`: a read-only file tree (a plain folder, a VMFS or OCFS2 image) that VMs live on.
 
-Paths inside a volume are POSIX-style and relative to its root. Names read from files
-(descriptor extents, parent hints, vmx disk paths) are resolved with `Volume.resolve`, which
-refuses anything that would leave the volume.
+Paths inside a volume are POSIX-style, relative to its root ("" is the root). Names read from
+files (descriptor extents, parent hints, vmx disk paths) are resolved with `Volume.resolve`,
+which refuses anything that would leave the volume. Lookups never follow symbolic links;
+`readlink` tells where one points.
+
+A volume implements `info`, `listdir`, `stat`, `open` and `readlink`; `exists`, `walk` and
+`resolve` are built on those.
 """
 
 from __future__ import annotations
 
+import enum
 import posixpath
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
-from ..errors import ChainError
+from ..errors import ChainError, VmsiftError
+from ..report import Report
 from ..source import ByteSource
 
 _ESX_ABSOLUTE = re.compile(r"^/vmfs/volumes/[^/]+/(.+)$")
+MAX_DEPTH = 64  # directory depth `walk` descends to; deeper means a loop or damage
+
+
+class FileType(enum.Enum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    OTHER = "other"  # devices, sockets, VMFS RDM mapping files and other special files
+
+
+@dataclass
+class DirEntry:
+    """One name in a directory. ``deleted`` entries are recovered, not live."""
+
+    name: str
+    type: FileType
+    inode: int | str | None = None
+    deleted: bool = False
+
+
+@dataclass
+class FileStat:
+    """What a volume knows of one file; ``extra`` holds format-specific facts (VMFS lock
+    holder, OCFS2 flags, refcount tree ...)."""
+
+    path: str
+    type: FileType
+    size: int
+    inode: int | str | None = None
+    nlink: int | None = None
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    mtime: float | None = None
+    ctime: float | None = None
+    atime: float | None = None
+    allocated: int | None = None  # bytes the file takes on the volume, where known
+    symlink_target: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in ("path", "size", "inode", "nlink", "mode", "uid", "gid",
+                                           "mtime", "ctime", "atime", "allocated",
+                                           "symlink_target")}
+        return {**d, "type": self.type.value, "extra": self.extra}
+
+
+def normalize(path: str) -> str:
+    """The canonical form of a volume path ("" for the root); ``..`` may not climb out."""
+    path = posixpath.normpath("/" + path.strip("/")) if path.strip("/") else "/"
+    return path.lstrip("/")
 
 
 class Volume:
-    """Interface of a datastore file tree; subclasses implement `open`, `exists`, `listdir`."""
+    """Interface of a datastore file tree."""
 
     name: str = "<volume>"
 
-    def open(self, path: str) -> ByteSource:
+    def info(self) -> Report:
+        """The volume's metadata (kind, UUIDs, label, sizes, heartbeats ...)."""
         raise NotImplementedError
+
+    def listdir(self, path: str = "", *, deleted: bool = False) -> list[DirEntry]:
+        """The entries of the directory ``path`` (without ``.`` and ``..``), sorted by name;
+        with ``deleted``, recoverable deleted entries too."""
+        raise NotImplementedError
+
+    def stat(self, path: str) -> FileStat:
+        """Facts of ``path`` itself (a symbolic link is not followed)."""
+        raise NotImplementedError
+
+    def open(self, path: str) -> ByteSource:
+        """The contents of the regular file ``path``, with its allocation map."""
+        raise NotImplementedError
+
+    def readlink(self, path: str) -> str:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def exists(self, path: str) -> bool:
-        raise NotImplementedError
+        """True when ``path`` is a regular file."""
+        try:
+            return self.stat(path).type is FileType.FILE
+        except VmsiftError:
+            return False
 
-    def listdir(self, path: str = "") -> list[str]:
-        raise NotImplementedError
+    def walk(self, path: str = "", *, deleted: bool = False
+             ) -> Iterator[tuple[str, list[DirEntry]]]:
+        """(directory, entries) for ``path`` and every directory below it, top down; each
+        directory once (by inode), at most `MAX_DEPTH` deep."""
+        seen: set = set()
+        stack = [(normalize(path), 0)]
+        while stack:
+            current, depth = stack.pop()
+            entries = self.listdir(current, deleted=deleted)
+            yield current, entries
+            if depth >= MAX_DEPTH:
+                continue
+            for entry in reversed(entries):
+                if entry.type is FileType.DIR and not entry.deleted:
+                    key = entry.inode if entry.inode is not None else posixpath.join(
+                        current, entry.name)
+                    if key not in seen:
+                        seen.add(key)
+                        stack.append((posixpath.join(current, entry.name), depth + 1))
 
     def resolve(self, base_dir: str, ref: str) -> str:
         """The volume path a file at ``base_dir`` means by ``ref``.
