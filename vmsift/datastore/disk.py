@@ -49,7 +49,10 @@ class Link:
         return self.source.size
 
     def allocated(self) -> int:
-        """Bytes this link itself stores (DATA runs), read from the map only."""
+        """Bytes this link itself stores on the datastore (DATA runs), from the map only;
+        0 for a raw device mapping, whose data is on its LUN."""
+        if isinstance(self.source, UnavailableSource):
+            return 0
         return sum(r.length for r in self.source.extents() if r.kind is Alloc.DATA)
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,165 @@
+"""Datastores as folders: detection, listing, extraction, VM discovery (VMware and Oracle VM)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import require_tool
+from vmsift.datastore.detect import open_datastore
+from vmsift.datastore.extract import extract
+from vmsift.datastore.vm import find_vms
+from vmsift.datastore.volume import FileType
+from vmsift.errors import ChainError, SourceError, UnsupportedError
+
+MiB = 1 << 20
+REPO = "0004fb0000030000aeaca859e4a8f8c0"
+
+
+def run(*args, cwd=None):
+    return subprocess.run(args, check=True, capture_output=True, text=True, cwd=cwd).stdout
+
+
+def vmsift(*args):
+    return subprocess.run([sys.executable, "-m", "vmsift", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def datastore(tmp_path_factory):
+    """A VMware VM folder (qemu-made 3-link chain, vmx, vmsd) and an Oracle VM repository."""
+    require_tool("qemu-img")
+    require_tool("qemu-io")
+    root = tmp_path_factory.mktemp("ds")
+    vm = root / "web01"
+    vm.mkdir()
+    run("qemu-img", "create", "-q", "-f", "vmdk", "web01.vmdk", "64M", cwd=vm)
+    run("qemu-io", "-f", "vmdk", "-c", "write -P 0x11 0 1M", "web01.vmdk", cwd=vm)
+    for parent, child in (("web01.vmdk", "web01-000001.vmdk"),
+                          ("web01-000001.vmdk", "web01-000002.vmdk")):
+        run("qemu-img", "create", "-q", "-f", "vmdk", "-b", parent, "-F", "vmdk", child, cwd=vm)
+    run("qemu-io", "-f", "vmdk", "-c", "write -P 0x22 2M 64k", "web01-000002.vmdk", cwd=vm)
+    (vm / "web01.vmx").write_text(
+        '.encoding = "UTF-8"\nconfig.version = "8"\nvirtualHW.version = "19"\n'
+        'displayName = "web01"\nuuid.bios = "42 00 11 22 33 44 55 66-77 88 99 aa bb cc dd ee"\n'
+        'scsi0:0.present = "TRUE"\nscsi0:0.fileName = "web01-000002.vmdk"\n'
+        'scsi0:1.present = "TRUE"\nscsi0:1.fileName = "missing.vmdk"\n'
+        'ide1:0.present = "TRUE"\nide1:0.deviceType = "cdrom-image"\n'
+        'ide1:0.fileName = "/iso/x.iso"\n')
+    (vm / "web01.vmsd").write_text(
+        'snapshot.lastUID = "2"\nsnapshot.current = "2"\nsnapshot.numSnapshots = "2"\n'
+        'snapshot0.uid = "1"\nsnapshot0.displayName = "clean"\n'
+        'snapshot0.disk0.fileName = "web01.vmdk"\nsnapshot0.disk0.node = "scsi0:0"\n'
+        'snapshot1.uid = "2"\nsnapshot1.parent = "1"\nsnapshot1.displayName = "patched"\n'
+        'snapshot1.disk0.fileName = "web01-000001.vmdk"\nsnapshot1.disk0.node = "scsi0:0"\n')
+    ovm = root / "VirtualMachines" / "0004fb0000060000112233445566aabb"
+    ovm.mkdir(parents=True)
+    disks = root / "VirtualDisks"
+    disks.mkdir()
+    with open(disks / "0004fb0000120000c444117fd87ea251.img", "wb") as f:
+        f.truncate(32 * MiB)
+        f.seek(MiB)
+        f.write(b"O" * 4096)
+    (root / ".ovsrepo").write_text(f"OVS_REPO_UUID={REPO}\nOVS_REPO_VERSION=3.0\n")
+    (ovm / "vm.cfg").write_text(
+        "vif = ['mac=00:21:f6:00:00:01,bridge=0a0a0a00']\nOVM_simple_name = 'db01'\n"
+        "name = '0004fb0000060000112233445566aabb'\nmemory = 2048\nvcpus = 2\n"
+        f"disk = ['file:/OVS/Repositories/{REPO}/VirtualDisks/"
+        "0004fb0000120000c444117fd87ea251.img,xvda,w',\n"
+        "        'phy:/dev/mapper/36001,xvdb,w!']\n"
+        "uuid = '0004fb00-0006-0000-1122-33445566aabb'\n")
+    return root
+
+
+def test_folder_is_detected(datastore):
+    volume = open_datastore([str(datastore)])
+    assert volume.info().kind == "folder"
+    names = {e.name: e.type for e in volume.listdir("")}
+    assert names["web01"] is FileType.DIR and names[".ovsrepo"] is FileType.FILE
+    st = volume.stat("VirtualDisks/0004fb0000120000c444117fd87ea251.img")
+    assert st.size == 32 * MiB and st.allocated < MiB
+
+
+def test_unknown_image_lists_what_was_tried(tmp_path):
+    (tmp_path / "junk.img").write_bytes(b"\x01" * 65536)
+    with pytest.raises(UnsupportedError, match="tried: partition table"):
+        open_datastore([str(tmp_path / "junk.img")])
+
+
+def test_find_vms(datastore):
+    vms = {vm.kind: vm for vm in find_vms(open_datastore([str(datastore)]))}
+    web = vms["vmware"]
+    assert (web.name, web.config, web.uuid) == ("web01", "web01/web01.vmx",
+                                                "42 00 11 22 33 44 55 66-77 88 99 aa bb cc dd ee")
+    os_disk, missing = web.disks
+    assert os_disk.chain == ["web01/web01-000002.vmdk", "web01/web01-000001.vmdk",
+                             "web01/web01.vmdk"]
+    assert os_disk.capacity == 64 * MiB and os_disk.allocated == MiB + 65536
+    assert os_disk.problem is None
+    assert "missing.vmdk" in missing.problem
+    assert [(s["uid"], s["display_name"], s["depth"]) for s in web.snapshots] == [
+        (1, "clean", 0), (2, "patched", 1)]
+    assert web.current_snapshot == 2
+    db = vms["oraclevm"]
+    assert db.name == "db01" and db.uuid == "0004fb00-0006-0000-1122-33445566aabb"
+    img, phy = db.disks
+    assert img.path == "VirtualDisks/0004fb0000120000c444117fd87ea251.img"
+    assert (img.capacity, img.allocated, img.device, img.mode) == (32 * MiB, 4096, "xvda", "w")
+    assert phy.path is None and "not a file of this repository" in phy.problem
+
+
+def test_extract_is_sparse_and_safe(datastore, tmp_path):
+    volume = open_datastore([str(datastore)])
+    stats = extract(volume, "VirtualDisks", str(tmp_path / "out"))
+    img = tmp_path / "out" / "VirtualDisks" / "0004fb0000120000c444117fd87ea251.img"
+    assert stats.files == 1 and img.stat().st_size == 32 * MiB
+    assert img.stat().st_blocks * 512 <= 64 * 1024  # the hole was not written
+    with open(img, "rb") as f:
+        f.seek(MiB)
+        assert f.read(4) == b"OOOO"
+    # an existing symlink in the target is never written through
+    trap = tmp_path / "trap"
+    trap.mkdir()
+    os.symlink("/tmp", trap / "web01")
+    with pytest.raises(SourceError, match="not a folder"):
+        extract(volume, "web01", str(trap))
+    # a link on the datastore is recreated as a link, not followed
+    (datastore / "web01" / "escape.lnk").symlink_to("/etc/passwd")
+    try:
+        stats = extract(volume, "web01", str(tmp_path / "o2"))
+        out = tmp_path / "o2" / "web01" / "escape.lnk"
+        assert out.is_symlink() and os.readlink(out) == "/etc/passwd"
+        assert stats.links == 1 and stats.files == 5
+    finally:
+        (datastore / "web01" / "escape.lnk").unlink()
+
+
+def test_links_out_of_a_folder_datastore_are_refused(datastore, tmp_path):
+    (datastore / "out.vmdk").symlink_to("/etc/passwd")
+    try:
+        volume = open_datastore([str(datastore)])
+        with pytest.raises(ChainError, match="outside the datastore"):
+            volume.open("out.vmdk")
+        assert volume.stat("out.vmdk").type is FileType.SYMLINK
+        assert volume.readlink("out.vmdk") == "/etc/passwd"
+    finally:
+        (datastore / "out.vmdk").unlink()
+
+
+def test_cli_ds_commands(datastore, tmp_path):
+    out = vmsift("ds", "vms", "--json", datastore)
+    assert out.returncode == 0, out.stderr
+    vms = json.loads(out.stdout)["vms"]
+    assert sorted(vm["name"] for vm in vms) == ["db01", "web01"]
+    out = vmsift("ds", "ls", "-l", datastore, "web01")
+    assert out.returncode == 0 and "web01-000002.vmdk" in out.stdout
+    out = vmsift("ds", "cat", datastore, ".ovsrepo")
+    assert out.stdout.startswith(f"OVS_REPO_UUID={REPO}")
+    out = vmsift("ds", "stat", "--json", datastore, "web01/web01.vmx")
+    assert json.loads(out.stdout)["type"] == "file"
+    out = vmsift("ds", "extract", datastore, "web01/web01.vmx", tmp_path / "x")
+    assert out.returncode == 0 and (tmp_path / "x" / "web01.vmx").read_text().startswith(".enc")
+    out = vmsift("ds", "cat", datastore, "nope")
+    assert out.returncode == 6 and "Traceback" not in out.stderr
