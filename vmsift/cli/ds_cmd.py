@@ -1,0 +1,160 @@
+"""`vmsift ds ...`: a datastore (folder, VMFS or OCFS2 image) opened read-only."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import posixpath
+
+import click
+
+from ..errors import VmsiftError
+from ..report import Table
+from .app import cli
+from .render import document, echo_json, human, print_report, render_table
+
+
+@cli.group()
+def ds() -> None:
+    """Open a datastore (folder, VMFS or OCFS2 image, partitioned disk) read-only."""
+
+
+def _ds_args(f):
+    f = click.option("--span", "spans", multiple=True, type=click.Path(exists=True),
+                     help="Another device of a spanned VMFS volume (repeatable).")(f)
+    return click.argument("image", type=click.Path(exists=True))(f)
+
+
+@contextlib.contextmanager
+def _open_ds(image: str, spans: tuple[str, ...]):
+    from ..datastore.detect import open_datastore
+
+    volume = open_datastore([image, *spans])
+    try:
+        yield volume
+    finally:
+        volume.close()
+
+
+@ds.command("info")
+@_ds_args
+@click.option("--json", "as_json", is_flag=True)
+def ds_info(image: str, spans: tuple[str, ...], as_json: bool) -> None:
+    """What the image is: kind, UUIDs, label, sizes, heartbeats, locks, slot maps."""
+    with _open_ds(image, spans) as volume:
+        report = volume.info()
+    print_report(image, report, as_json)
+
+
+@ds.command("ls")
+@_ds_args
+@click.argument("path", default="")
+@click.option("-l", "long", is_flag=True, help="Type, size, allocation, time.")
+@click.option("--deleted", is_flag=True, help="Also deleted entries that can be recovered.")
+@click.option("--json", "as_json", is_flag=True)
+def ds_ls(image: str, spans: tuple[str, ...], path: str, long: bool, deleted: bool,
+          as_json: bool) -> None:
+    """List a folder of the datastore."""
+    with _open_ds(image, spans) as volume:
+        entries = volume.listdir(path, deleted=deleted)
+        stats = {}
+        if long or as_json:
+            for e in entries:
+                if not e.deleted:
+                    with contextlib.suppress(VmsiftError):
+                        stats[e.name] = volume.stat(posixpath.join(path, e.name))
+    if as_json:
+        echo_json(document(path=path, entries=[
+            {"name": e.name, "type": e.type.value, "inode": e.inode, "deleted": e.deleted,
+             "stat": stats[e.name].to_dict() if e.name in stats else None} for e in entries]))
+        return
+    for e in entries:
+        mark = " (deleted)" if e.deleted else ""
+        if not long:
+            click.echo(e.name + ("/" if e.type.value == "dir" else "") + mark)
+            continue
+        st = stats.get(e.name)
+        when = "-"
+        if st and st.mtime is not None:
+            when = dt.datetime.fromtimestamp(st.mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+        link = f" -> {st.symlink_target}" if st and st.symlink_target else ""
+        click.echo(f"{e.type.value:7} {st.size if st else '-':>15} "
+                   f"{human(st.allocated) if st else '-':>10}  {when}  {e.name}{link}{mark}")
+
+
+@ds.command("stat")
+@_ds_args
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True)
+def ds_stat(image: str, spans: tuple[str, ...], path: str, as_json: bool) -> None:
+    """Everything the volume knows of one file."""
+    with _open_ds(image, spans) as volume:
+        st = volume.stat(path)
+    if as_json:
+        echo_json(document(**st.to_dict()))
+        return
+    for key, value in st.to_dict().items():
+        if key != "extra" and value is not None:
+            click.echo(f"{key:15} {value}")
+    for key, value in st.extra.items():
+        click.echo(f"{key:15} {value}")
+
+
+@ds.command("cat")
+@_ds_args
+@click.argument("path")
+def ds_cat(image: str, spans: tuple[str, ...], path: str) -> None:
+    """Write one file's contents to standard output."""
+    out = click.get_binary_stream("stdout")
+    with _open_ds(image, spans) as volume, volume.open(path) as src:
+        for pos in range(0, src.size, 4 << 20):
+            out.write(src.read_exact(pos, min(4 << 20, src.size - pos), "file data"))
+    out.flush()
+
+
+@ds.command("extract")
+@_ds_args
+@click.argument("path")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+def ds_extract(image: str, spans: tuple[str, ...], path: str, out_dir: str) -> None:
+    """Copy a file or folder out (sparse; never follows links or leaves OUT_DIR)."""
+    from ..datastore.extract import extract
+
+    with _open_ds(image, spans) as volume:
+        stats = extract(volume, path, out_dir)
+    for skipped in stats.skipped:
+        click.echo(f"warning: skipped {skipped}", err=True)
+    click.echo(f"{out_dir}: {stats.files} files, {stats.dirs} folders, {stats.links} links, "
+               f"{stats.bytes_written} bytes written", err=True)
+
+
+@ds.command("vms")
+@_ds_args
+@click.option("--json", "as_json", is_flag=True)
+def ds_vms(image: str, spans: tuple[str, ...], as_json: bool) -> None:
+    """Every VM on the datastore with its disks, snapshots and sizes."""
+    from ..datastore.vm import find_vms
+
+    with _open_ds(image, spans) as volume:
+        vms = list(find_vms(volume))
+    if as_json:
+        echo_json(document(path=image, vms=[vm.to_dict() for vm in vms]))
+        return
+    rows = [[vm.kind, vm.name, vm.config, len(vm.disks), len(vm.snapshots),
+             human(vm.capacity), human(vm.allocated)] for vm in vms]
+    click.echo("\n".join(render_table(Table(
+        "virtual machines", ["kind", "name", "config", "disks", "snapshots", "capacity",
+                             "allocated"], rows))))
+    for vm in vms:
+        click.echo(f"\n{vm.name} ({vm.config})")
+        for d in vm.disks:
+            problem = f"  [{d.problem}]" if d.problem else ""
+            click.echo(f"  {d.device}: {d.path or '-'} {d.mode or ''} "
+                       f"{human(d.capacity)} ({human(d.allocated)} stored, "
+                       f"{len(d.chain)} file(s)){problem}")
+        for snap in vm.snapshots:
+            mark = " (current)" if snap["uid"] == vm.current_snapshot else ""
+            click.echo(f"  {'  ' * snap['depth']}snapshot {snap['uid']}: "
+                       f"{snap['display_name']}{mark}")
+        for warning in vm.warnings:
+            click.echo(f"warning: {vm.config}: {warning}", err=True)
