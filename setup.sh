@@ -12,6 +12,7 @@ SYSTEM_PACKAGES=(
   fuse3 libfuse3-dev                                # FUSE mounts (pyfuse3)
   ocfs2-tools                                       # mkfs/debugfs/fsck.ocfs2: OCFS2 oracles
   fdisk gdisk dosfstools                            # sfdisk/sgdisk/mkfs.vfat: partition oracles
+  vmfs-tools vmfs6-tools                            # debugvmfs: VMFS oracles
 )
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

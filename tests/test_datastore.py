@@ -163,3 +163,23 @@ def test_cli_ds_commands(datastore, tmp_path):
     assert out.returncode == 0 and (tmp_path / "x" / "web01.vmx").read_text().startswith(".enc")
     out = vmsift("ds", "cat", datastore, "nope")
     assert out.returncode == 6 and "Traceback" not in out.stderr
+
+
+def test_vmfs_image_through_the_datastore_layer(cache_dir):
+    """A real ESXi VMFS5 volume: detected, listed, and its thin VMDK opened through it."""
+    from tests.fixtures.vmfs_images import image
+    from vmsift.datastore.disk import open_disk
+    from vmsift.source import Alloc
+
+    path = str(image("vmfs/vmfs5", cache_dir))
+    with open_datastore([path]) as volume:
+        assert volume.info().data["fs"]["label"] == "vmfs5"
+        assert {"big", "normal.vmdk", "normal-flat.vmdk"} <= {e.name for e in volume.listdir()}
+        with open_disk(volume, "normal.vmdk") as disk:
+            assert disk.size == 144703488 * 512
+            assert disk.read(42 << 30, 4) == b"\x42" * 4
+            data = [r for r in disk.extents() if r.kind is Alloc.DATA]
+            assert sum(r.length for r in data) <= 2 << 20  # thin: the map skips the rest
+        assert list(find_vms(volume)) == []  # descriptors but no .vmx on this volume
+    out = vmsift("ds", "cat", path, "small")
+    assert out.returncode == 0 and out.stdout == open_datastore([path]).open("small").read(0, 5).decode()

@@ -1,0 +1,888 @@
+"""VMFS 3/5/6 and VMFS-L datastores as read-only volumes.
+
+`open_volume` takes the devices of a datastore (partitions carrying an LVM header, in any
+order, one or several for a spanned datastore) or one logical-volume image without LVM, and
+returns a `VmfsVolume`. File contents are `VmfsFile` sources whose allocation map comes from
+the file descriptors and pointer blocks alone: unallocated blocks of thin files are HOLE runs,
+to-be-zeroed blocks of lazily zeroed files are ZERO runs.
+
+Layouts are in `vmsift.formats.vmfs`; the format is described in docs/formats/vmfs.md.
+"""
+
+from __future__ import annotations
+
+import array
+import bisect
+import stat as stat_mod
+import sys
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import FormatError, LimitError, UnsupportedError, VmsiftError, check_limit
+from ..formats.vmfs import fs as F
+from ..formats.vmfs import lvm as L
+from ..formats.vmfs.resource import HEADER_SIZE, ResourceGeometry
+from ..report import Report, Table
+from ..source import Alloc, ByteSource, Run, clip, merge_runs
+from .volume import DirEntry, FileStat, FileType, Volume, normalize
+
+KIND = "vmfs"
+MAX_DIR_BYTES = 64 << 20  # a directory file larger than this is damage (VMFS5: ~480k names)
+MAX_PATH_DEPTH = 256
+CACHE_FDS = 2048
+CACHE_PBS = 256
+CACHE_DIRS = 64
+MAX_RESOURCE_DEPTH = 4  # resource file -> its pointer blocks in another resource file -> ...
+
+
+class _Lru(OrderedDict):
+    """A small bounded cache."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+
+    def put(self, key, value):
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+        return value
+
+
+# --- the logical volume ---------------------------------------------------------------------
+
+@dataclass
+class _Piece:
+    logical: int
+    length: int
+    source: ByteSource | None  # None: on a device that was not given
+    physical: int
+
+    @property
+    def end(self) -> int:
+        return self.logical + self.length
+
+
+class LogicalVolume(ByteSource):
+    """A VMFS logical volume assembled from the physical extents of its devices.
+
+    Ranges whose device is missing map as DATA (their content is unknown, not zero) and
+    reading them is a `FormatError` naming the range.
+    """
+
+    def __init__(self, pieces: list[_Piece], size: int, name: str):
+        self.pieces = pieces
+        self._starts = [p.logical for p in pieces]
+        self.size = size
+        self.name = name
+
+    def _cover(self, start: int, end: int) -> Iterator[tuple[int, int, _Piece]]:
+        i = max(bisect.bisect_right(self._starts, start) - 1, 0)
+        pos = start
+        while pos < end and i < len(self.pieces):
+            piece = self.pieces[i]
+            if piece.end > pos:
+                n = min(end, piece.end) - pos
+                yield pos, n, piece
+                pos += n
+            i += 1
+
+    def read(self, offset: int, length: int) -> bytes:
+        start, end = clip(self.size, offset, length)
+        out = []
+        for pos, n, piece in self._cover(start, end):
+            if piece.source is None:
+                raise FormatError(f"LV range {piece.logical:#x}+{piece.length:#x} lives on a "
+                                  f"device that was not given", source=self.name, offset=pos)
+            out.append(piece.source.read_exact(piece.physical + pos - piece.logical, n,
+                                               "logical volume extent"))
+        return b"".join(out)
+
+    def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Run]:
+        start, end = clip(self.size, offset, length)
+
+        def runs() -> Iterator[Run]:
+            for pos, n, piece in self._cover(start, end):
+                if piece.source is None:
+                    yield Run(pos, n, Alloc.DATA)
+                    continue
+                inner = piece.physical + pos - piece.logical
+                for run in piece.source.extents(inner, n):
+                    yield Run(run.offset - inner + pos, run.length, run.kind)
+
+        return merge_runs(runs())
+
+    @property
+    def missing(self) -> list[tuple[int, int]]:
+        return [(p.logical, p.length) for p in self.pieces if p.source is None]
+
+
+def _assemble(sources: list[ByteSource]) -> tuple[LogicalVolume, dict, list[str]]:
+    """The logical volume of the given LVM devices, a description of it, and warnings."""
+    warnings: list[str] = []
+    devices = [(src, L.read_device(src)) for src in sources]
+    seen: dict[str, str] = {}
+    for src, dev in devices:
+        if dev.uuid in seen:
+            raise FormatError(f"device {dev.uuid} given twice (also {seen[dev.uuid]})",
+                              source=src.name, offset=L.HEADER_OFFSET + 0x82)
+        seen[dev.uuid] = src.name
+    groups: dict[tuple[str, int], list[tuple[ByteSource, L.Device, L.LogicalVolumeEntry]]] = {}
+    for src, dev in devices:
+        for vol in dev.volumes:
+            groups.setdefault(vol.key, []).append((src, dev, vol))
+    if not groups:
+        raise FormatError("no logical volume on the given devices", source=sources[0].name,
+                          offset=L.HEADER_OFFSET + 0x66)
+    key = max(groups, key=lambda k: (any(v.first_pe == 0 for _, _, v in groups[k]),
+                                     len(groups[k])))
+    members = sorted(groups[key], key=lambda m: m[2].first_pe)
+    for other in groups:
+        if other != key:
+            warnings.append(f"ignored logical volume {other[0]} (snapshot {other[1]}) on "
+                            f"{', '.join(s.name for s, _, _ in groups[other])}")
+    for src, _ in devices:
+        if not any(src is m[0] for m in members):
+            warnings.append(f"{src.name} holds no part of logical volume {key[0]}")
+    zero = next((m for m in members if m[2].first_pe == 0), members[0])
+    lv_size = zero[2].size
+    expected = max(v.num_devs for _, _, v in members)
+    if expected > len(members):
+        warnings.append(f"logical volume spans {expected} devices, {len(members)} given")
+
+    pieces: list[_Piece] = []
+    for src, dev, vol in members:
+        for ext in dev.extents.get(vol.volume_id, []):
+            if ext.logical >= lv_size:
+                warnings.append(f"{src.name}: extent at LV {ext.logical:#x} is past the end of "
+                                f"the volume ({lv_size:#x}); ignored")
+                continue
+            pieces.append(_Piece(ext.logical, min(ext.length, lv_size - ext.logical), src,
+                                 ext.physical))
+    pieces.sort(key=lambda p: p.logical)
+    filled: list[_Piece] = []
+    pos = 0
+    for piece in pieces:
+        if piece.logical < pos:
+            raise FormatError(f"physical extents overlap at LV offset {piece.logical:#x}",
+                              source=piece.source.name if piece.source else None)
+        if piece.logical > pos:
+            filled.append(_Piece(pos, piece.logical - pos, None, 0))
+        filled.append(piece)
+        pos = piece.end
+    if pos < lv_size:
+        filled.append(_Piece(pos, lv_size - pos, None, 0))
+    lv = LogicalVolume(filled, lv_size, f"{members[0][0].name} (LV {key[0]})")
+    for offset, length in lv.missing:
+        warnings.append(f"LV range {offset:#x}+{length:#x} is on a missing device: reads "
+                        f"there fail")
+    desc = {
+        "lv_uuid": key[0], "snap_id": key[1], "name": zero[2].name, "size": lv_size,
+        "state": zero[2].state, "generation": zero[2].generation, "num_devs": expected,
+        "devices": [{**dev.to_dict(), "first_pe": vol.first_pe, "last_pe": vol.last_pe,
+                     "extents": len(dev.extents.get(vol.volume_id, []))}
+                    for _, dev, vol in members],
+        "missing": [{"offset": o, "length": n} for o, n in lv.missing],
+    }
+    return lv, desc, warnings
+
+
+def _words(raw: bytes, width: int) -> tuple[int, ...]:
+    """Little-endian u32 (width 4) or u64 (width 8) words."""
+    words = array.array("Q" if width == 8 else "I", raw)
+    if sys.byteorder != "little":
+        words.byteswap()
+    return tuple(words)
+
+
+# --- file descriptors -----------------------------------------------------------------------
+
+@dataclass
+class Fd:
+    """One decoded file descriptor."""
+
+    addr: int
+    lv_offset: int
+    raw: bytes
+    lock: Any
+    meta: Any
+    ptrs: tuple[int, ...]
+    shift: int  # log2 of the file's block size
+
+    @property
+    def type(self) -> int:
+        return self.meta.type
+
+    @property
+    def is_dir(self) -> bool:
+        return self.meta.type == F.DescType.DIRECTORY or (
+            self.meta.type == F.DescType.SYSFILE and stat_mod.S_ISDIR(self.meta.mode))
+
+    @property
+    def file_type(self) -> FileType:
+        t = self.meta.type
+        if self.is_dir:
+            return FileType.DIR
+        if t in (F.DescType.REGFILE, F.DescType.SYSFILE):
+            return FileType.FILE
+        if t == F.DescType.SYMLINK:
+            return FileType.SYMLINK
+        return FileType.OTHER
+
+
+def _type_name(enum_cls, value: int) -> str:
+    try:
+        return enum_cls(value).name.lower()
+    except ValueError:
+        return f"unknown ({value:#x})"
+
+
+class Vmfs:
+    """The file system on a logical volume: descriptors, block maps, directories."""
+
+    def __init__(self, lv: ByteSource):
+        self.lv = lv
+        self.name = lv.name
+        self.warnings: list[str] = []
+        raw = lv.read_exact(F.FS_DESCRIPTOR_OFFSET, F.FsDescriptor.sizeof(), "VMFS descriptor")
+        d = self.desc = F.FsDescriptor.parse(raw)
+        if d.magic not in F.MAGICS:
+            raise FormatError(f"no VMFS file-system descriptor (magic {d.magic:#010x})",
+                              source=self.name, offset=F.FS_DESCRIPTOR_OFFSET)
+        self.vmfs6 = d.major >= F.VMFS6_MAJOR
+        self.dense = bool(d.config & F.Config.DENSE_SBPC)
+        fbs = d.file_block_size
+        if fbs < 0x10000 or fbs > 1 << 30 or fbs & (fbs - 1):
+            raise FormatError(f"file block size {fbs} is not a power of two in 64 KiB..1 GiB",
+                              source=self.name, offset=F.FS_DESCRIPTOR_OFFSET + 0xA1)
+        sbs = d.sub_block_size
+        if sbs < 512 or sbs > fbs or sbs & (sbs - 1):
+            raise FormatError(f"sub-block size {sbs} is not a power of two in 512..{fbs}",
+                              source=self.name, offset=F.FS_DESCRIPTOR_OFFSET + 0xD9)
+        md = d.md_alignment if self.vmfs6 else 512
+        if self.vmfs6 and (md < 4096 or md > 1 << 20 or md & (md - 1)):
+            raise FormatError(f"metadata alignment {md} is not a power of two in 4 KiB..1 MiB",
+                              source=self.name, offset=F.FS_DESCRIPTOR_OFFSET + 0x134)
+        if self.vmfs6 and not 0 <= d.sfb_to_lfb_shift <= 12:
+            raise FormatError(f"small-to-large block shift {d.sfb_to_lfb_shift} is absurd",
+                              source=self.name, offset=F.FS_DESCRIPTOR_OFFSET + 0x138)
+        self.md = md
+        self.fbs = fbs
+        self.fb_shift = fbs.bit_length() - 1
+        self.sbs = sbs
+        self.lfb_size = fbs << d.sfb_to_lfb_shift if self.vmfs6 else 0
+        self.layout = F.FdLayout.for_fs(self.vmfs6, md)
+        self.label = F.name_str(d.label)
+        self.uuid = F.uuid_str(d.uuid)
+        self._fds: _Lru = _Lru(CACHE_FDS)
+        self._pbs: _Lru = _Lru(CACHE_PBS)
+        self._dirs: _Lru = _Lru(CACHE_DIRS)
+        self._depth = 0
+        self.resources: dict[str, tuple[Fd, ResourceGeometry]] = {}
+        # Small file blocks per cluster: needed to read the system files before the SFB
+        # resource header (inside .fbb.sf) can be read; that header then confirms it.
+        self.sfb_rpc = min(0x2000, 0x20000000 // fbs)
+        self._open_resources()
+        if self.vmfs6:
+            fbb_fd, lfb = self.resources["fbb"]
+            child = self._read_file(fbb_fd, lfb.child_meta_offset, HEADER_SIZE)
+            sfb = ResourceGeometry.parse("sfb", child, self.layout.cluster_header,
+                                         source=self.name, offset=fbb_fd.lv_offset)
+            self.resources["sfb"] = (fbb_fd, sfb)
+            if sfb.resources_per_cluster != self.sfb_rpc:
+                self.warnings.append(f"small file blocks per cluster: {sfb.resources_per_cluster} "
+                                     f"in .fbb.sf, {self.sfb_rpc} assumed to read it")
+                self.sfb_rpc = sfb.resources_per_cluster
+                self._fds.clear()
+                self._pbs.clear()
+        self.root = self.fd(F.ROOT_DIR)
+        if not self.root.is_dir:
+            raise FormatError("the root file descriptor is not a directory", source=self.name,
+                              offset=self.root.lv_offset)
+
+    # -- descriptors ----------------------------------------------------------------------
+
+    def _system_fd_offset(self, addr: int) -> int:
+        """LV offset of a system file's FD, found by computation (bootstrap)."""
+        d = self.desc
+        _, resource = F.fd_addr_parts(addr)
+        if self.vmfs6:
+            base = ((d.md_alignment << 10) + 0x3FFFFF) & ~0xFFFFF
+            size = 2 * d.md_alignment
+            return base + d.fdc_cluster_group_offset + d.fdc_clusters_per_group * size + resource * size
+        if not self.dense:
+            if addr == d.pb2_fd_addr and d.pb2_vol_addr:
+                return d.pb2_vol_addr
+            if addr == d.sdd_fd_addr and d.sdd_vol_addr:
+                return d.sdd_vol_addr
+        base = self.fbs * ((self.fbs + 0x3FFFFF) // self.fbs)
+        return base + d.fdc_cluster_group_offset + d.fdc_clusters_per_group * 1024 + resource * 2048
+
+    def fd(self, addr: int) -> Fd:
+        """The file descriptor at FD address ``addr``."""
+        if (cached := self._fds.get(addr)) is not None:
+            self._fds.move_to_end(addr)
+            return cached
+        if F.addr_type(addr) != F.AddrType.FD:
+            raise FormatError(f"{addr:#010x} is not a file-descriptor address", source=self.name)
+        cluster, resource = F.fd_addr_parts(addr)
+        special = not self.vmfs6 and not self.dense and addr in (self.desc.pb2_fd_addr,
+                                                                  self.desc.sdd_fd_addr)
+        if "fdc" not in self.resources or special:
+            offset = self._system_fd_offset(addr)
+        else:
+            offset = self._resource_lv("fdc", cluster, resource)
+        return self._fds.put(addr, self._decode_fd(addr, offset))
+
+    def _decode_fd(self, addr: int, offset: int) -> Fd:
+        lay = self.layout
+        raw = self.lv.read_exact(offset, lay.fd_size, f"file descriptor {addr:#010x}")
+        lock = F.DiskLock.parse(raw)
+        meta = F.FileMetadata.parse(raw[lay.meta_offset:])
+        if meta.desc_addr != addr:
+            raise FormatError(f"file descriptor {addr:#010x} expected here, found "
+                              f"{meta.desc_addr:#010x}", source=self.name, offset=offset)
+        ptrs = _words(raw[lay.ptr_offset:lay.ptr_offset + lay.ptr_count * lay.ptr_width],
+                      lay.ptr_width)
+        shift = 0
+        if meta.type not in (F.DescType.RDM,) and meta.zla != F.Zla.RESIDENT:
+            bs = meta.block_size
+            if self.vmfs6 and self.desc.major > 19 and 9 <= meta.block_offset_shift <= 40:
+                shift = meta.block_offset_shift
+            elif bs and not bs & (bs - 1) and 512 <= bs <= 1 << 40:
+                shift = bs.bit_length() - 1
+            else:
+                raise FormatError(f"file descriptor {addr:#010x}: block size {bs} is not a "
+                                  f"power of two", source=self.name, offset=offset + lay.meta_offset + 0x1C)
+        return Fd(addr, offset, raw, lock, meta, ptrs, shift)
+
+    # -- resource files -------------------------------------------------------------------
+
+    def _open_resources(self) -> None:
+        """Find the resource files' descriptors; their headers are read when first needed
+        (a resource file may be mapped through pointer blocks of another one)."""
+        names = [("fdc", ".fdc.sf"), ("sbc", ".sbc.sf"), ("pbc", ".pbc.sf"), ("fbb", ".fbb.sf")]
+        if self.desc.pb2_vol_addr or self.vmfs6:
+            names.append(("pb2", ".pb2.sf"))
+        if self.vmfs6:
+            names.append(("jbc", ".jbc.sf"))
+        self._resource_fds: dict[str, Fd] = {}
+        for key, name in names:
+            addr = F.SYSTEM_FILES[name]
+            fd = self._decode_fd(addr, self._system_fd_offset(addr))
+            if fd.type != F.DescType.SYSFILE:
+                raise FormatError(f"{name} descriptor has type {fd.type}, not a system file",
+                                  source=self.name, offset=fd.lv_offset)
+            self._resource_fds[key] = fd
+            self._fds.put(addr, fd)
+        for key in self._resource_fds:
+            self._geometry(key)
+
+    def _geometry(self, key: str) -> tuple[Fd, ResourceGeometry]:
+        if key in self.resources:
+            return self.resources[key]
+        if key not in self._resource_fds:
+            raise FormatError(f"no {key} resource file on this volume", source=self.name)
+        fd = self._resource_fds[key]
+        if self._depth >= MAX_RESOURCE_DEPTH:
+            raise FormatError("resource files are mapped through each other in a loop",
+                              source=self.name, offset=fd.lv_offset)
+        self._depth += 1
+        try:
+            raw = self._read_file(fd, 0, HEADER_SIZE)
+        finally:
+            self._depth -= 1
+        if len(raw) < HEADER_SIZE:
+            raise FormatError(f"{key} resource file is too short for its header",
+                              source=self.name, offset=fd.lv_offset)
+        geo = ResourceGeometry.parse(key, raw, self.layout.cluster_header, source=self.name,
+                                     offset=fd.lv_offset)
+        if self.vmfs6 and int.from_bytes(raw[0x20:0x24], "little") != F.RFMD_SIGNATURE:
+            raise FormatError(f"{key} resource header lacks its 'rfmd' signature",
+                              source=self.name, offset=fd.lv_offset)
+        self.resources[key] = (fd, geo)
+        return fd, geo
+
+    _KIND_OF_TYPE = {F.AddrType.SB: "sbc", F.AddrType.PB: "pbc", F.AddrType.PB2: "pb2"}
+
+    def _resource_lv(self, key: str, cluster: int, resource: int) -> int:
+        """LV offset of resource (cluster, resource) of resource file ``key``."""
+        fd, geo = self._geometry(key)
+        if resource >= geo.resources_per_cluster or (
+                geo.num_cluster_groups and cluster >= geo.num_cluster_groups * geo.clusters_per_group):
+            raise FormatError(f"{key} resource c{cluster} r{resource} is outside the resource "
+                              f"file ({geo.num_cluster_groups} groups of {geo.clusters_per_group} "
+                              f"clusters of {geo.resources_per_cluster})", source=self.name)
+        offset = geo.resource_offset(cluster, resource)
+        if offset + max(geo.resource_size, 1) > fd.meta.length:
+            raise FormatError(f"{key} resource c{cluster} r{resource} lies past the end of its "
+                              f"resource file", source=self.name, offset=fd.lv_offset)
+        if self._depth >= MAX_RESOURCE_DEPTH:
+            raise FormatError("resource files are mapped through each other in a loop",
+                              source=self.name, offset=fd.lv_offset)
+        self._depth += 1
+        try:
+            for _, _, kind, lv in self._runs(fd, offset, offset + 1):
+                if kind is not Alloc.DATA or lv is None:
+                    raise FormatError(f"{key} resource c{cluster} r{resource} is not allocated in "
+                                      f"its resource file", source=self.name, offset=fd.lv_offset)
+                return lv
+        finally:
+            self._depth -= 1
+        raise FormatError(f"{key} resource c{cluster} r{resource} not mapped", source=self.name)
+
+    def _pointer_block(self, addr: int) -> tuple[int, ...]:
+        if (cached := self._pbs.get(addr)) is not None:
+            return cached
+        t = F.addr_type(addr)
+        key = self._KIND_OF_TYPE.get(t)
+        if key is None:
+            raise FormatError(f"pointer {addr:#x} of type {t} cannot hold a pointer block",
+                              source=self.name)
+        cluster, resource = F.cluster_resource(addr, self.vmfs6, self.dense)
+        lv = self._resource_lv(key, cluster, resource)
+        raw = self.lv.read_exact(lv, self.layout.pb_size, "pointer block")
+        pb = _words(raw, self.layout.ptr_width)
+        return self._pbs.put(addr, pb)
+
+    # -- block maps -----------------------------------------------------------------------
+
+    def _data(self, fd: Fd, addr: int, file_off: int) -> tuple[Alloc, int | None, int]:
+        """(kind, LV offset at ``file_off``, bytes that block covers from there)."""
+        t = F.addr_type(addr)
+        if t == F.AddrType.FB:
+            if self.vmfs6:
+                cluster, resource, tbz = F.sfb_parts(addr)
+                base = (cluster * self.sfb_rpc + resource) * self.fbs
+            else:
+                block, zero = F.fb_parts(addr)
+                tbz, base = zero, block * self.fbs
+            size = self.fbs
+        elif t == F.AddrType.LFB and self.vmfs6:
+            block, tbz = F.lfb_parts(addr)
+            base, size = block * self.lfb_size, self.lfb_size
+        elif t == F.AddrType.SB:
+            cluster, resource = F.cluster_resource(addr, self.vmfs6, self.dense)
+            base, size, tbz = self._resource_lv("sbc", cluster, resource), self.sbs, 0
+        else:
+            raise FormatError(f"file descriptor {fd.addr:#010x}: data pointer {addr:#x} has "
+                              f"type {t}", source=self.name, offset=fd.lv_offset)
+        within = file_off & (size - 1)
+        if base + size > self.lv.size:
+            raise FormatError(f"file descriptor {fd.addr:#010x}: block {addr:#x} points past "
+                              f"the end of the volume ({base:#x} > {self.lv.size:#x})",
+                              source=self.name, offset=fd.lv_offset)
+        if tbz:
+            return Alloc.ZERO, None, size - within
+        return Alloc.DATA, base + within, size - within
+
+    def capacity(self, fd: Fd) -> int:
+        """Bytes the pointer tree of ``fd`` can address."""
+        zla = fd.meta.zla
+        per_entry = 1 << fd.shift
+        n = self.layout.ptrs_per_pb
+        if zla in (F.Zla.POINTER_BLOCK, F.Zla.POINTER2_BLOCK):
+            per_entry *= n
+        elif zla == F.Zla.DOUBLE_INDIRECT:
+            per_entry *= n * n
+        return per_entry * len(fd.ptrs)
+
+    def _runs(self, fd: Fd, start: int, end: int) -> Iterator[tuple[int, int, Alloc, int | None]]:
+        """(file offset, length, kind, LV offset or None) covering [start, end), merged."""
+        pending: list | None = None
+        for off, n, kind, lv in self._raw_runs(fd, start, end):
+            if pending and pending[2] is kind and pending[0] + pending[1] == off and (
+                    kind is not Alloc.DATA or (lv is not None and pending[3] is not None
+                                               and pending[3] + pending[1] == lv)):
+                pending[1] += n
+                continue
+            if pending:
+                yield tuple(pending)
+            pending = [off, n, kind, lv]
+        if pending:
+            yield tuple(pending)
+
+    def _raw_runs(self, fd: Fd, start: int, end: int) -> Iterator[tuple[int, int, Alloc, int | None]]:
+        if start >= end:
+            return
+        zla = fd.meta.zla
+        if fd.type == F.DescType.RDM:
+            raise UnsupportedError("a raw device mapping has no data on the datastore",
+                                   source=self.name, offset=fd.lv_offset)
+        if zla == F.Zla.RESIDENT:
+            yield start, end - start, Alloc.DATA, None
+            return
+        levels = {F.Zla.FILE_BLOCK: 0, F.Zla.SUB_BLOCK: 0, F.Zla.POINTER_BLOCK: 1,
+                  F.Zla.POINTER2_BLOCK: 1, F.Zla.DOUBLE_INDIRECT: 2}.get(zla)
+        if levels is None:
+            raise FormatError(f"file descriptor {fd.addr:#010x}: unknown address layout "
+                              f"(ZLA {zla:#x})", source=self.name, offset=fd.lv_offset)
+        if end > self.capacity(fd):
+            raise FormatError(f"file descriptor {fd.addr:#010x}: length {fd.meta.length} is "
+                              f"more than its pointers can address", source=self.name,
+                              offset=fd.lv_offset)
+        yield from self._walk(fd, fd.ptrs, levels, 0, start, end)
+
+    def _walk(self, fd: Fd, ptrs, level: int, base: int, start: int, end: int):
+        bshift = fd.shift
+        span = (1 << bshift) * self.layout.ptrs_per_pb ** level
+        first = (start - base) // span
+        last = (end - base - 1) // span
+        for i in range(first, min(last, len(ptrs) - 1) + 1):
+            lo = base + i * span
+            a, b = max(lo, start), min(lo + span, end)
+            addr = ptrs[i]
+            if addr == 0:
+                yield a, b - a, Alloc.HOLE, None
+            elif level:
+                yield from self._walk(fd, self._pointer_block(addr), level - 1, lo, a, b)
+            else:
+                pos = a
+                while pos < b:
+                    kind, lv, n = self._data(fd, addr, pos)
+                    n = min(n, b - pos)
+                    yield pos, n, kind, lv
+                    pos += n
+
+    def _read_file(self, fd: Fd, offset: int, length: int) -> bytes:
+        start, end = clip(fd.meta.length, offset, length)
+        if fd.meta.zla == F.Zla.RESIDENT and fd.type != F.DescType.RDM:
+            lay = self.layout
+            if fd.meta.length > lay.data_size:
+                raise FormatError(f"resident file {fd.addr:#010x} claims {fd.meta.length} bytes, "
+                                  f"the descriptor holds {lay.data_size}", source=self.name,
+                                  offset=fd.lv_offset)
+            return fd.raw[lay.data_offset + start:lay.data_offset + end]
+        out = []
+        for _, n, kind, lv in self._runs(fd, start, end):
+            out.append(self.lv.read_exact(lv, n, "file data") if kind is Alloc.DATA else bytes(n))
+        return b"".join(out)
+
+    # -- directories ----------------------------------------------------------------------
+
+    def entries(self, dfd: Fd) -> list[tuple[str, int, int, bool]]:
+        """(name, type, FD address, deleted) of every slot of directory ``dfd``."""
+        if (cached := self._dirs.get(dfd.addr)) is not None:
+            return cached
+        if not dfd.is_dir:
+            raise FormatError(f"file descriptor {dfd.addr:#010x} is not a directory",
+                              source=self.name, offset=dfd.lv_offset)
+        size = dfd.meta.length
+        if size > MAX_DIR_BYTES:
+            raise LimitError(f"directory {dfd.addr:#010x} is {size} bytes, more than "
+                             f"{MAX_DIR_BYTES}", source=self.name, offset=dfd.lv_offset)
+        result = self._entries6(dfd) if self.vmfs6 else self._entries5(dfd)
+        return self._dirs.put(dfd.addr, result)
+
+    def _entries5(self, dfd: Fd) -> list:
+        data = self._read_file(dfd, 0, dfd.meta.length)
+        out = []
+        for i in range(len(data) // F.DIRENT5_SIZE):
+            e = F.DirEntry5.parse(data[i * F.DIRENT5_SIZE:(i + 1) * F.DIRENT5_SIZE])
+            name = F.name_str(e.name)
+            if e.addr:
+                out.append((name, e.type, e.addr, False))
+            elif name and e.type:
+                out.append((name, e.type, 0, True))
+        return out
+
+    def _entries6(self, dfd: Fd) -> list:
+        bs = self.md
+        head = self._read_file(dfd, 0, F.DirHeader6.sizeof())
+        if len(head) < F.DirHeader6.sizeof():
+            raise FormatError(f"directory {dfd.addr:#010x} is shorter than its header",
+                              source=self.name, offset=dfd.lv_offset)
+        h = F.DirHeader6.parse(head)
+        if h.version not in F.DIR6_VERSIONS:
+            raise FormatError(f"directory {dfd.addr:#010x}: header version {h.version:#x} "
+                              f"unknown", source=self.name, offset=dfd.lv_offset)
+        check_limit(h.num_alloc_map_blocks, 128, "directory allocation map blocks",
+                    source=self.name, offset=dfd.lv_offset)
+        nblocks = max(0, (dfd.meta.length - F.DIR6_HEADER_BLOCK) // bs)
+        per_map = 2 * (bs - F.DIR6_BLOCK_HEADER)
+        slots = (bs - F.DIR6_BLOCK_HEADER) // F.DIRENT6_SIZE
+        out = []
+        seen: set[int] = set()
+        for i, mblock in enumerate(h.alloc_map_blocks[:h.num_alloc_map_blocks]):
+            if mblock >= nblocks:
+                raise FormatError(f"directory {dfd.addr:#010x}: allocation map block {mblock} "
+                                  f"is past its end", source=self.name, offset=dfd.lv_offset)
+            amap = self._read_file(dfd, F.DIR6_HEADER_BLOCK + mblock * bs, bs)[F.DIR6_BLOCK_HEADER:]
+            for j, byte in enumerate(amap):
+                for k, nibble in enumerate((byte >> 4, byte & 0xF)):
+                    if nibble & 3 != F.DIR6_BLOCK_DIRENT:
+                        continue
+                    block = i * per_map + 2 * j + k
+                    if block >= nblocks or block in seen:
+                        continue
+                    seen.add(block)
+                    raw = self._read_file(dfd, F.DIR6_HEADER_BLOCK + block * bs, bs)
+                    bh = F.DirBlockHeader6.parse(raw)
+                    for s in range(min(bh.total_slots, slots)):
+                        if (bh.bitmap[s >> 3] >> (s & 7)) & 1:
+                            continue  # set bit: free slot
+                        pos = F.DIR6_BLOCK_HEADER + s * F.DIRENT6_SIZE
+                        e = F.DirEntry6.parse(raw[pos:pos + F.DIRENT6_SIZE])
+                        if e.addr:
+                            out.append((F.name_str(e.name), e.type, e.addr, False))
+        return out
+
+    # -- heartbeats -----------------------------------------------------------------------
+
+    def heartbeats(self) -> list[dict]:
+        slot = self.md if self.vmfs6 else 512
+        count = 1024 if self.vmfs6 else 2048
+        raw = self.lv.read(F.HEARTBEAT_OFFSET, slot * count)
+        out = []
+        for i in range(len(raw) // slot):
+            chunk = raw[i * slot:i * slot + F.Heartbeat.sizeof()]
+            hb = F.Heartbeat.parse(chunk)
+            if hb.state not in (F.HB_FREE, F.HB_LIVE) or not any(hb.owner):
+                continue
+            out.append({
+                "slot": i, "offset": F.HEARTBEAT_OFFSET + i * slot,
+                "state": "live" if hb.state == F.HB_LIVE else "free",
+                "generation": hb.generation, "uptime_us": hb.stamp_us,
+                "host_uuid": F.uuid_str(hb.owner), "host_mac": hb.owner[10:].hex(":"),
+                "ip": F.name_str(hb.ip) or None,
+                "version": f"{hb.drive_major}.{hb.drive_minor}", "lock_impl": hb.lock_impl,
+                "journal_offset": hb.journal_vol_addr,
+                "replay_host": F.uuid_str(hb.replay_host) if any(hb.replay_host) else None,
+            })
+        return out
+
+    def lock_info(self, fd: Fd, heartbeats: dict[int, dict]) -> dict:
+        lk = fd.lock
+        hb = heartbeats.get(lk.hb_addr) if lk.hb_addr else None
+        live = bool(hb and hb["state"] == "live" and hb["generation"] == lk.hb_gen)
+        info = {
+            "type": F.LOCK_TYPES.get(lk.type, f"{lk.type:#x}"), "offset": lk.addr,
+            "mode": F.LOCK_MODES.get(lk.mode, f"unknown ({lk.mode})"), "mode_value": lk.mode,
+            "held": bool(lk.hb_addr) and lk.mode != 0, "live": live,
+            "heartbeat_offset": lk.hb_addr or None, "heartbeat_generation": lk.hb_gen,
+            "owner": F.uuid_str(lk.owner) if any(lk.owner) else None,
+            "heartbeat_host": hb["host_uuid"] if hb else None,
+            "heartbeat_ip": hb["ip"] if hb else None, "token": lk.token, "mtime_us": lk.mtime_us,
+        }
+        holders = []
+        for h in lk.holders[:min(lk.num_holders, 8)]:
+            if h.hb_addr:
+                holders.append({"heartbeat_offset": h.hb_addr, "heartbeat_generation": h.hb_gen,
+                                "host_uuid": F.uuid_str(h.host)})
+        if holders:
+            info["holders"] = holders
+        return info
+
+
+# --- the volume -----------------------------------------------------------------------------
+
+def _file_type(desc_type: int) -> FileType:
+    return {F.DescType.DIRECTORY: FileType.DIR, F.DescType.REGFILE: FileType.FILE,
+            F.DescType.SYMLINK: FileType.SYMLINK, F.DescType.SYSFILE: FileType.FILE,
+            }.get(desc_type, FileType.OTHER)
+
+
+class VmfsFile(ByteSource):
+    """The contents of one VMFS file; `extents` is its block map."""
+
+    def __init__(self, vmfs: Vmfs, fd: Fd, name: str):
+        self.vmfs = vmfs
+        self.fd = fd
+        self.size = fd.meta.length
+        self.name = name
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.vmfs._read_file(self.fd, offset, length)
+
+    def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Run]:
+        start, end = clip(self.size, offset, length)
+        return merge_runs(Run(o, n, k) for o, n, k, _ in self.vmfs._runs(self.fd, start, end))
+
+
+class VmfsVolume(Volume):
+    """A VMFS datastore (one device, a spanned set, or an LV image without LVM)."""
+
+    def __init__(self, lv: ByteSource, lvm: dict | None, warnings: list[str], sources):
+        self.lvm = lvm
+        self.sources = list(sources)
+        self.fs = Vmfs(lv)
+        self.name = f"{self.sources[0].name}" if self.sources else lv.name
+        self.warnings = list(warnings)
+        self._hb: list[dict] | None = None
+
+    # lookups
+    def _lookup(self, path: str) -> tuple[Fd, str]:
+        path = normalize(path)
+        fd = self.fs.root
+        if not path:
+            return fd, path
+        parts = path.split("/")
+        if len(parts) > MAX_PATH_DEPTH:
+            raise LimitError(f"path has {len(parts)} components", source=self.name)
+        for i, part in enumerate(parts):
+            if not fd.is_dir:
+                raise FormatError(f"{'/'.join(parts[:i])!r} is not a directory", source=self.name)
+            for name, _, addr, deleted in self.fs.entries(fd):
+                if name == part and not deleted:
+                    fd = self.fs.fd(addr)
+                    break
+            else:
+                raise FormatError(f"{path!r}: no {part!r} in {'/'.join(parts[:i]) or '/'}",
+                                  source=self.name)
+        return fd, path
+
+    def listdir(self, path: str = "", *, deleted: bool = False) -> list[DirEntry]:
+        fd, _ = self._lookup(path)
+        out = []
+        for name, dtype, addr, gone in self.fs.entries(fd):
+            if name in (".", "..") or (gone and not deleted):
+                continue
+            kind = _file_type(dtype)
+            if dtype == F.DescType.SYSFILE and not gone:
+                kind = self.fs.fd(addr).file_type
+            out.append(DirEntry(name, kind, addr or None, gone))
+        return sorted(out, key=lambda e: (e.name, e.deleted))
+
+    def stat(self, path: str) -> FileStat:
+        fd, path = self._lookup(path)
+        m = fd.meta
+        kind = fd.file_type
+        target = None
+        if kind is FileType.SYMLINK:
+            target = self._link(fd)
+        return FileStat(path, kind, m.length, fd.addr, m.link_count, m.mode & 0o7777, m.uid,
+                        m.gid, float(m.mtime), float(m.ctime), float(m.atime),
+                        self._allocated(fd), target, self._extra(fd))
+
+    def _allocated(self, fd: Fd) -> int:
+        if fd.meta.zla == F.Zla.RESIDENT or fd.type == F.DescType.RDM:
+            return 0
+        return fd.meta.num_blocks << fd.shift
+
+    def _extra(self, fd: Fd) -> dict:
+        m = fd.meta
+        extra: dict[str, Any] = {
+            "fd_address": f"{fd.addr:#010x}", "fd_offset": fd.lv_offset,
+            "descriptor_type": _type_name(F.DescType, m.type),
+            "zla": _type_name(F.Zla, m.zla), "block_size": m.block_size,
+            "num_blocks": m.num_blocks, "tbz_blocks": (m.tbz_hi << 32) | m.tbz_lo,
+            "cow_blocks": (m.cow_hi << 32) | m.cow_lo, "pointer_blocks": m.num_pointer_blocks,
+            "generation": m.generation, "flags": m.flags, "raw_mode": m.mode,
+        }
+        if self.fs.vmfs6:
+            extra["parent_fd"] = f"{m.parent_fd:#010x}" if m.parent_fd else None
+            extra["large_file_blocks"] = m.num_lfb
+        extra["lock"] = self.fs.lock_info(fd, {h["offset"]: h for h in self.heartbeats()})
+        if m.type == F.DescType.RDM:
+            lay = self.fs.layout
+            rdm = F.RawDiskMap.parse(fd.raw[lay.data_offset:lay.data_offset + 78])
+            extra["rdm"] = {"type": rdm.type, "lun": rdm.lun, "device_type": rdm.device_type,
+                            "scsi_level": rdm.scsi_level,
+                            "vendor": F.name_str(rdm.vendor).strip(),
+                            "model": F.name_str(rdm.model).strip(),
+                            "revision": F.name_str(rdm.revision).strip(),
+                            "id": rdm.id[:min(rdm.len, 44)].decode("latin-1").rstrip("\0 ")}
+        return extra
+
+    def _link(self, fd: Fd) -> str:
+        if fd.meta.length > 4096:
+            raise LimitError(f"symbolic link target is {fd.meta.length} bytes", source=self.name,
+                             offset=fd.lv_offset)
+        return self.fs._read_file(fd, 0, fd.meta.length).decode("utf-8", "replace")
+
+    def readlink(self, path: str) -> str:
+        fd, path = self._lookup(path)
+        if fd.type != F.DescType.SYMLINK:
+            raise FormatError(f"{path!r} is not a symbolic link", source=self.name)
+        return self._link(fd)
+
+    def open(self, path: str) -> ByteSource:
+        fd, path = self._lookup(path)
+        if fd.type == F.DescType.RDM:
+            raise UnsupportedError(f"{path!r} is a raw device mapping: its data is on the "
+                                   f"mapped LUN, not on the datastore", source=self.name)
+        if fd.file_type is not FileType.FILE:
+            raise FormatError(f"{path!r} is not a regular file", source=self.name)
+        if fd.meta.zla != F.Zla.RESIDENT and fd.meta.length > self.fs.capacity(fd):
+            raise FormatError(f"{path!r}: length {fd.meta.length} is more than its pointers "
+                              f"can address", source=self.name, offset=fd.lv_offset)
+        return VmfsFile(self.fs, fd, f"{self.name}:{path}")
+
+    # metadata
+    def heartbeats(self) -> list[dict]:
+        if self._hb is None:
+            self._hb = self.fs.heartbeats()
+        return self._hb
+
+    def info(self) -> Report:
+        fs, d = self.fs, self.fs.desc
+        version = F.version_string(d.magic, d.major, d.minor)
+        config = [f.name.lower() for f in F.Config if d.config & f]
+        fsd = {
+            "version": version, "major": d.major, "minor": d.minor,
+            "local": d.magic in (F.MAGIC_VMFS_L, 0x2FABF161), "uuid": fs.uuid, "label": fs.label,
+            "config": d.config, "config_flags": config, "block_size": fs.fbs,
+            "sub_block_size": fs.sbs, "large_block_size": fs.lfb_size or None,
+            "md_alignment": d.md_alignment or None, "disk_block_size": d.disk_block_size,
+            "creation_time": d.creation_time, "lv_uuid": F.uuid_str(d.lv_uuid),
+            "lv_snap_id": d.lv_snap_id, "capacity": fs.lv.size,
+            "host_uuid": F.uuid_str(d.host_uuid) if any(d.host_uuid) else None,
+        }
+        hbs = self.heartbeats()
+        res = [geo.to_dict() for _, geo in fs.resources.values()]
+        data = {"kind": KIND, "fs": fsd, "lvm": self.lvm, "heartbeats": hbs, "resources": res,
+                "warnings": self.warnings + fs.warnings}
+        fields = {"version": version, "label": fs.label, "uuid": fs.uuid,
+                  "capacity": fs.lv.size, "block size": fs.fbs, "sub-block size": fs.sbs,
+                  "live hosts": sum(h["state"] == "live" for h in hbs)}
+        if self.lvm:
+            fields["LV"] = self.lvm["lv_uuid"]
+            fields["devices"] = f"{len(self.lvm['devices'])} of {self.lvm['num_devs']}"
+        tables = [Table("heartbeats", ["slot", "state", "host", "ip", "generation", "uptime s"],
+                        [[h["slot"], h["state"], h["host_uuid"], h["ip"], h["generation"],
+                          h["uptime_us"] // 1_000_000] for h in hbs]),
+                  Table("resources", ["kind", "per cluster", "clusters/group", "size",
+                                      "resources", "groups"],
+                        [[r["kind"], r["resources_per_cluster"], r["clusters_per_group"],
+                          r["resource_size"], r["num_resources"], r["num_cluster_groups"]]
+                         for r in res])]
+        if self.lvm:
+            tables.insert(0, Table("LVM devices", ["device", "uuid", "LVM", "size", "PEs"],
+                                   [[dv["name"], dv["uuid"], dv["lvm_version"], dv["size"],
+                                     f"{dv['first_pe']}-{dv['last_pe']}"]
+                                    for dv in self.lvm["devices"]]))
+        return Report(KIND, f"{version} datastore {fs.label!r}", data, fields, tables,
+                      self.warnings + fs.warnings)
+
+    def close(self) -> None:
+        for src in self.sources:
+            src.close()
+
+
+def _fs_magic(src: ByteSource) -> bool:
+    raw = src.read(F.FS_DESCRIPTOR_OFFSET, 4)
+    return len(raw) == 4 and int.from_bytes(raw, "little") in F.MAGICS
+
+
+def probe(src: ByteSource) -> bool:
+    """True when ``src`` looks like a VMFS LVM device or a VMFS logical volume."""
+    try:
+        return L.probe(src) or _fs_magic(src)
+    except (VmsiftError, OSError, ValueError):
+        return False
+
+
+def open_volume(sources: list[ByteSource]) -> VmfsVolume:
+    """Open the VMFS datastore on ``sources`` (LVM devices in any order, or one LV image)."""
+    if not sources:
+        raise FormatError("no device given")
+    if len(sources) == 1 and not L.probe(sources[0]):
+        if not _fs_magic(sources[0]):
+            raise FormatError("neither a VMFS LVM header (at 1 MiB) nor a VMFS descriptor "
+                              "(at 2 MiB)", source=sources[0].name, offset=L.HEADER_OFFSET)
+        return VmfsVolume(sources[0], None, [], sources)
+    lv, desc, warnings = _assemble(list(sources))
+    return VmfsVolume(lv, desc, warnings, sources)
