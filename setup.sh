@@ -13,6 +13,7 @@ SYSTEM_PACKAGES=(
   ocfs2-tools                                       # mkfs/debugfs/fsck.ocfs2: OCFS2 oracles
   fdisk gdisk dosfstools                            # sfdisk/sgdisk/mkfs.vfat: partition oracles
   vmfs-tools vmfs6-tools                            # debugvmfs: VMFS oracles
+  qemu-system-x86 busybox-static cpio kmod libc6-dev # a real kernel writes OCFS2 test images
 )
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

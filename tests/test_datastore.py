@@ -183,3 +183,59 @@ def test_vmfs_image_through_the_datastore_layer(cache_dir):
         assert list(find_vms(volume)) == []  # descriptors but no .vmx on this volume
     out = vmsift("ds", "cat", path, "small")
     assert out.returncode == 0 and out.stdout == open_datastore([path]).open("small").read(0, 5).decode()
+
+
+@pytest.fixture(scope="module")
+def kernel_images(cache_dir):
+    from tests.fixtures import ocfs2_kernel
+    from tests.helpers import missing
+
+    gone = ocfs2_kernel.missing_tools()
+    if gone:
+        missing(f"tools to build OCFS2 images: {', '.join(gone)}")
+    return ocfs2_kernel.build_images(cache_dir)
+
+
+def _md5(data: bytes) -> str:
+    import hashlib
+    return hashlib.md5(data).hexdigest()
+
+
+def test_vmware_vm_on_kernel_written_ocfs2(kernel_images, tmp_path):
+    """The VM folder the kernel wrote: found, extracted (md5 = guest's), and its disk chain
+    flattened through the volume equals qemu-img's reading of the extracted files."""
+    image = kernel_images["max4k"]
+    with open_datastore([str(image.path)]) as volume:
+        (vm,) = list(find_vms(volume))
+        assert (vm.kind, vm.name, vm.current_snapshot) == ("vmware", "testvm", 2)
+        disk = vm.disks[0]
+        assert disk.chain == [f"vmware/testvm/testvm{s}.vmdk" for s in ("-000002", "-000001", "")]
+        extract(volume, "vmware/testvm", str(tmp_path))
+        from vmsift.datastore.disk import open_disk
+        with open_disk(volume, disk.chain[0]) as flat:
+            ours = flat.read(0, flat.size)
+    for name in ("testvm.vmdk", "testvm-000001.vmdk", "testvm-000002.vmdk", "testvm.vmx"):
+        assert _md5((tmp_path / "testvm" / name).read_bytes()) == \
+            image.manifest[f"vmware/testvm/{name}"]["md5"]
+    run("qemu-img", "convert", "-O", "raw", str(tmp_path / "testvm" / "testvm-000002.vmdk"),
+        str(tmp_path / "q.raw"))
+    assert ours == (tmp_path / "q.raw").read_bytes()
+
+
+def test_oracle_vm_repository_on_kernel_written_ocfs2(kernel_images):
+    image = kernel_images["ovm4k1m"]
+    with open_datastore([str(image.path)]) as volume:
+        from vmsift.datastore.vm import oracle_vm_role
+        role = oracle_vm_role(volume)
+        assert role["role"] == "repository" and role["keys"]["OVS_REPO_TYPE"] == "OCFS2"
+        vms = sorted(find_vms(volume), key=lambda v: v.name)
+        assert [(v.kind, v.name) for v in vms] == [("oraclevm", "vm-one"), ("oraclevm", "vm-two")]
+        for vm in vms:
+            xvda = next(d for d in vm.disks if d.device == "xvda")
+            entry = image.manifest[xvda.path]
+            with volume.open(xvda.path) as src:
+                assert _md5(src.read(0, src.size)) == entry["md5"]
+            assert xvda.capacity == entry["size"] and xvda.allocated == entry["blocks"] * 512
+    out = vmsift("ds", "info", "--json", image.path)
+    doc = json.loads(out.stdout)
+    assert doc["data"]["oracle_vm"]["keys"]["OVS_REPO_ALIAS"] == "vmsift-test-repo"

@@ -41,8 +41,16 @@ def _open_ds(image: str, spans: tuple[str, ...]):
 @click.option("--json", "as_json", is_flag=True)
 def ds_info(image: str, spans: tuple[str, ...], as_json: bool) -> None:
     """What the image is: kind, UUIDs, label, sizes, heartbeats, locks, slot maps."""
+    from ..datastore.vm import oracle_vm_role
+
     with _open_ds(image, spans) as volume:
         report = volume.info()
+        role = oracle_vm_role(volume)
+    report.data["oracle_vm"] = role
+    if role:
+        report.fields["Oracle VM"] = role["role"] + "".join(
+            f", {k} {role['keys'][k]}" for k in ("OVS_REPO_ALIAS", "OVS_REPO_UUID")
+            if k in role["keys"])
     print_report(image, report, as_json)
 
 

@@ -19,7 +19,7 @@ from .folder import FolderVolume
 from .volume import Volume
 
 #: Volume modules, tried in this order.
-VOLUME_MODULES: tuple[str, ...] = ("vmsift.datastore.vmfs",)
+VOLUME_MODULES: tuple[str, ...] = ("vmsift.datastore.vmfs", "vmsift.datastore.ocfs2")
 
 
 def _modules() -> list[ModuleType]:

@@ -141,6 +141,20 @@ def _oraclevm(volume: Volume, path: str) -> VmRecord:
     return VmRecord("oraclevm", cfg.simple_name or cfg.name, path, cfg.uuid, disks)
 
 
+ORACLE_VM_MARKERS = {".ovsrepo": "repository", ".ovspoolfs": "server pool file system"}
+
+
+def oracle_vm_role(volume: Volume) -> dict[str, Any] | None:
+    """What the volume is to Oracle VM, from the marker file at its root (``.ovsrepo`` for
+    a repository, ``.ovspoolfs`` for the server pool file system) with its KEY=value lines."""
+    for marker, role in ORACLE_VM_MARKERS.items():
+        if volume.exists(marker):
+            text = _read(volume, marker).decode("utf-8", "replace")
+            keys = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+            return {"role": role, "marker": marker, "keys": keys}
+    return None
+
+
 def find_vms(volume: Volume) -> Iterator[VmRecord]:
     """Every VM configuration on the volume, as found by a walk from the root."""
     for folder, entries in volume.walk(""):
