@@ -76,11 +76,13 @@ def ds_ls(image: str, spans: tuple[str, ...], path: str, long: bool, deleted: bo
             {"name": e.name, "type": e.type.value, "inode": e.inode, "deleted": e.deleted,
              "stat": stats[e.name].to_dict() if e.name in stats else None} for e in entries]))
         return
+    if not long:
+        if entries:
+            click.echo("\n".join(e.name + ("/" if e.type.value == "dir" else "") +
+                                 (" (deleted)" if e.deleted else "") for e in entries))
+        return
     for e in entries:
         mark = " (deleted)" if e.deleted else ""
-        if not long:
-            click.echo(e.name + ("/" if e.type.value == "dir" else "") + mark)
-            continue
         st = stats.get(e.name)
         when = "-"
         if st and st.mtime is not None:

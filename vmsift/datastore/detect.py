@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-from types import ModuleType
 
 from ..errors import UnsupportedError, VmsiftError
 from ..formats import partition
@@ -20,10 +19,6 @@ from .volume import Volume
 
 #: Volume modules, tried in this order.
 VOLUME_MODULES: tuple[str, ...] = ("vmsift.datastore.vmfs", "vmsift.datastore.ocfs2")
-
-
-def _modules() -> list[ModuleType]:
-    return [importlib.import_module(name) for name in VOLUME_MODULES]
 
 
 def candidates(src: ByteSource) -> list[ByteSource]:
@@ -43,7 +38,8 @@ def open_datastore(paths: list[str]) -> Volume:
     try:
         places = [c for src in sources for c in candidates(src)]
         tried = ["partition table (MBR, GPT)"]
-        for module in _modules():
+        for name in VOLUME_MODULES:  # imported one at a time: each costs start-up time
+            module = importlib.import_module(name)
             matching = [c for c in places if module.probe(c)]
             tried.append(module.KIND)
             if matching:

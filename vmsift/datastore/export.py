@@ -36,8 +36,10 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
 
 
 def export_raw(src: ByteSource, out_path: str | os.PathLike, *, overwrite: bool = False,
-               progress: Callable[[int], None] | None = None) -> ExportStats:
-    """Write ``src`` to ``out_path`` as a sparse raw image."""
+               progress: Callable[[int], None] | None = None, sync: bool = True
+               ) -> ExportStats:
+    """Write ``src`` to ``out_path`` as a sparse raw image (fsynced unless ``sync`` is off,
+    as when many files are extracted)."""
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
     try:
         fd = os.open(out_path, flags, 0o644)
@@ -68,7 +70,8 @@ def export_raw(src: ByteSource, out_path: str | os.PathLike, *, overwrite: bool 
             while pending:
                 pending.popleft().result()
         os.ftruncate(fd, src.size)
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except BaseException as e:
         for future in pending:
             future.cancel()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import uuid as uuid_mod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -209,6 +211,10 @@ class RawDirEntry:
     deleted: bool = False
 
 
+_DIRENT_HEADER = struct.Struct("<QHBB")
+assert _DIRENT_HEADER.size == S.DIRENT_HEADER == S.DirEntryHeader.sizeof()
+
+
 def dirent_min_len(name_len: int) -> int:
     return (S.DIRENT_HEADER + name_len + 3) & ~3
 
@@ -224,23 +230,24 @@ def iter_dirents(buf: bytes, end: int, *, deleted: bool = False,
     number of a deleted entry, so recovered entries usually have inode 0.
     """
     pos = 0
+    header = _DIRENT_HEADER.unpack_from  # the DirEntryHeader layout; struct on this hot path
     while pos + S.DIRENT_HEADER <= end:
-        h = S.DirEntryHeaderC.parse(buf[pos:pos + S.DIRENT_HEADER])
-        if h.rec_len < S.DIRENT_HEADER or h.rec_len % 4 or pos + h.rec_len > end \
-                or dirent_min_len(h.name_len) > h.rec_len:
+        inode, rec_len, name_len, file_type = header(buf, pos)
+        if rec_len < S.DIRENT_HEADER or rec_len % 4 or pos + rec_len > end \
+                or dirent_min_len(name_len) > rec_len:
             if warnings is not None:
                 warnings.append(f"{source} @ {offset + pos:#x}: bad directory entry "
-                                f"(rec_len {h.rec_len}, name_len {h.name_len}); rest of "
+                                f"(rec_len {rec_len}, name_len {name_len}); rest of "
                                 f"block skipped")
             return
-        name = bytes(buf[pos + S.DIRENT_HEADER:pos + S.DIRENT_HEADER + h.name_len])
-        if h.inode:
-            yield RawDirEntry(pos, h.inode, h.rec_len, name, h.file_type)
-        elif deleted and h.name_len:
-            yield RawDirEntry(pos, 0, h.rec_len, name, h.file_type, deleted=True)
+        name = bytes(buf[pos + S.DIRENT_HEADER:pos + S.DIRENT_HEADER + name_len])
+        if inode:
+            yield RawDirEntry(pos, inode, rec_len, name, file_type)
+        elif deleted and name_len:
+            yield RawDirEntry(pos, 0, rec_len, name, file_type, deleted=True)
         if deleted:
-            yield from _carve(buf, pos + dirent_min_len(h.name_len), pos + h.rec_len)
-        pos += h.rec_len
+            yield from _carve(buf, pos + dirent_min_len(name_len), pos + rec_len)
+        pos += rec_len
 
 
 def _carve(buf: bytes, start: int, end: int) -> Iterator[RawDirEntry]:
