@@ -18,8 +18,9 @@ from .render import (document, echo_json, error_document, print_report, render_t
 def inspect(path: str, as_json: bool) -> None:
     """Decode one VM file, whatever its kind, recognised by its content.
 
-    Knows .vmx, .vmsd, .vmxf, .vmtm, Oracle VM vm.cfg, VMDK descriptors and sparse extents,
-    -ctk.vmdk, .nvram, .vmsn/.vmss, .vmem/.vswp and vmware.log.
+    Knows .vmx, .vmsd, .vmxf, .vmtm, Oracle VM vm.cfg, VMDK descriptors, sparse, COWD and
+    SESparse extents, -ctk.vmdk, .nvram, .vmsn/.vmss, .vmem/.vswp, vmware.log, MBR/GPT
+    partition tables and OCFS2 superblocks. Given a folder, decodes every file in it.
     """
     from ..inspect import inspect_folder, inspect_path
 
