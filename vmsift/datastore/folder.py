@@ -11,16 +11,6 @@ from ..source import ByteSource, FileSource
 from .volume import DirEntry, FileStat, FileType, Volume, normalize
 
 
-def _type(mode: int) -> FileType:
-    if stat_mod.S_ISREG(mode):
-        return FileType.FILE
-    if stat_mod.S_ISDIR(mode):
-        return FileType.DIR
-    if stat_mod.S_ISLNK(mode):
-        return FileType.SYMLINK
-    return FileType.OTHER
-
-
 class FolderVolume(Volume):
     """Files under ``root``. Symbolic links are listed, never followed: a name whose host
     path leads outside the folder is refused."""
@@ -52,7 +42,7 @@ class FolderVolume(Volume):
         full = self._host_path(path)
         try:
             with os.scandir(full) as it:
-                entries = [DirEntry(e.name, _type(e.stat(follow_symlinks=False).st_mode),
+                entries = [DirEntry(e.name, FileType.from_mode(e.stat(follow_symlinks=False).st_mode),
                                     e.inode()) for e in it]
         except OSError as e:
             raise SourceError(f"cannot list: {e.strerror}", source=full) from None
@@ -64,7 +54,7 @@ class FolderVolume(Volume):
             st = os.lstat(full)
         except OSError as e:
             raise SourceError(f"cannot stat: {e.strerror}", source=full) from None
-        kind = _type(st.st_mode)
+        kind = FileType.from_mode(st.st_mode)
         return FileStat(normalize(path), kind, st.st_size, st.st_ino, st.st_nlink,
                         stat_mod.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime,
                         st.st_ctime, st.st_atime, st.st_blocks * 512,

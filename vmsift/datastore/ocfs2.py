@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import bisect
 import stat as stat_mod
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +32,7 @@ from ..formats.ocfs2.records import (BLOCK_SIZES, SUPERBLOCK_BLKNO, Inode, RawDi
                                      parse_inode, parse_superblock)
 from ..report import Report, Table
 from ..source import Alloc, ByteSource, Run, clip, merge_runs
-from .volume import DirEntry, FileStat, FileType, Volume, normalize
+from .volume import DirEntry, FileStat, FileType, LruCache, Volume, normalize
 
 KIND = "ocfs2"
 MAX_TREE_DEPTH = 8               # real trees stay below 6
@@ -89,32 +88,6 @@ class Extent:
     @property
     def kind(self) -> Alloc:
         return Alloc.ZERO if self.flags & ExtentFlag.UNWRITTEN else Alloc.DATA
-
-
-class _Lru(OrderedDict):
-    def __init__(self, limit: int):
-        super().__init__()
-        self.limit = limit
-
-    def get_or(self, key, make):
-        if key in self:
-            self.move_to_end(key)
-            return self[key]
-        value = make()
-        self[key] = value
-        if len(self) > self.limit:
-            self.popitem(last=False)
-        return value
-
-
-def _file_type(mode: int) -> FileType:
-    if stat_mod.S_ISREG(mode):
-        return FileType.FILE
-    if stat_mod.S_ISDIR(mode):
-        return FileType.DIR
-    if stat_mod.S_ISLNK(mode):
-        return FileType.SYMLINK
-    return FileType.OTHER
 
 
 _DIRENT_FILETYPE = {1: FileType.FILE, 2: FileType.DIR, 7: FileType.SYMLINK}
@@ -221,10 +194,10 @@ class Ocfs2Volume(Volume):
         self.volume_bytes = self.sb.clusters * self.cluster_size
         self.block_count = max(self.volume_bytes // bs, 3)
         self.root_blkno = self.sb.root_blkno
-        self._inodes = _Lru(INODE_CACHE)
-        self._extent_maps = _Lru(EXTENT_CACHE)
-        self._dirs = _Lru(DIR_CACHE)
-        self._names = _Lru(DIR_CACHE)
+        self._inodes = LruCache(INODE_CACHE)
+        self._extent_maps = LruCache(EXTENT_CACHE)
+        self._dirs = LruCache(DIR_CACHE)
+        self._names = LruCache(DIR_CACHE)
         self._check(block, S.INODE_CHECK, "superblock", self.sb.blkno)
         if src.size < self.volume_bytes:
             self.warn(f"{src.name}: image is {src.size} bytes, the volume "
@@ -473,7 +446,7 @@ class Ocfs2Volume(Volume):
                 continue
             kind = _DIRENT_FILETYPE.get(e.file_type, FileType.OTHER)
             if not e.file_type and not e.deleted:
-                kind = _file_type(self.inode(e.inode).mode)
+                kind = FileType.from_mode(self.inode(e.inode).mode)
             entries.append(DirEntry(self._decode(e.name), kind, e.inode or None, e.deleted))
         return sorted(entries, key=lambda e: (e.name, e.deleted))
 
@@ -487,7 +460,7 @@ class Ocfs2Volume(Volume):
         return self._stat(self.inode(blkno), f"<inode {blkno}>")
 
     def _stat(self, ino: Inode, path: str) -> FileStat:
-        kind = _file_type(ino.mode)
+        kind = FileType.from_mode(ino.mode)
         target = self._symlink_target(ino) if kind is FileType.SYMLINK else None
         return FileStat(path if path.startswith("<") else
                         ("//" + normalize(path[2:]) if path.startswith("//") else normalize(path)),

@@ -15,7 +15,6 @@ import array
 import bisect
 import stat as stat_mod
 import sys
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,7 @@ from ..formats.vmfs import lvm as L
 from ..formats.vmfs.resource import HEADER_SIZE, ResourceGeometry
 from ..report import Report, Table
 from ..source import Alloc, ByteSource, Run, clip, merge_runs
-from .volume import DirEntry, FileStat, FileType, Volume, normalize
+from .volume import DirEntry, FileStat, FileType, LruCache, Volume, normalize
 
 KIND = "vmfs"
 MAX_DIR_BYTES = 64 << 20  # a directory file larger than this is damage (VMFS5: ~480k names)
@@ -35,21 +34,6 @@ CACHE_FDS = 2048
 CACHE_PBS = 256
 CACHE_DIRS = 64
 MAX_RESOURCE_DEPTH = 4  # resource file -> its pointer blocks in another resource file -> ...
-
-
-class _Lru(OrderedDict):
-    """A small bounded cache."""
-
-    def __init__(self, limit: int):
-        super().__init__()
-        self.limit = limit
-
-    def put(self, key, value):
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.limit:
-            self.popitem(last=False)
-        return value
 
 
 # --- the logical volume ---------------------------------------------------------------------
@@ -277,9 +261,9 @@ class Vmfs:
         self.layout = F.FdLayout.for_fs(self.vmfs6, md)
         self.label = F.name_str(d.label)
         self.uuid = F.uuid_str(d.uuid)
-        self._fds: _Lru = _Lru(CACHE_FDS)
-        self._pbs: _Lru = _Lru(CACHE_PBS)
-        self._dirs: _Lru = _Lru(CACHE_DIRS)
+        self._fds: LruCache = LruCache(CACHE_FDS)
+        self._pbs: LruCache = LruCache(CACHE_PBS)
+        self._dirs: LruCache = LruCache(CACHE_DIRS)
         self._depth = 0
         self.resources: dict[str, tuple[Fd, ResourceGeometry]] = {}
         # Small file blocks per cluster: needed to read the system files before the SFB

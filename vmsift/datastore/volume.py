@@ -14,6 +14,8 @@ from __future__ import annotations
 import enum
 import posixpath
 import re
+import stat as stat_mod
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +33,39 @@ class FileType(enum.Enum):
     DIR = "dir"
     SYMLINK = "symlink"
     OTHER = "other"  # devices, sockets, VMFS RDM mapping files and other special files
+
+    @classmethod
+    def from_mode(cls, mode: int) -> FileType:
+        """The type of a POSIX ``st_mode``."""
+        if stat_mod.S_ISREG(mode):
+            return cls.FILE
+        if stat_mod.S_ISDIR(mode):
+            return cls.DIR
+        if stat_mod.S_ISLNK(mode):
+            return cls.SYMLINK
+        return cls.OTHER
+
+
+class LruCache(OrderedDict):
+    """A bounded cache of decoded metadata (inodes, directories, pointer blocks)."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+
+    def put(self, key, value):
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+        return value
+
+    def get_or(self, key, make):
+        """The cached value of ``key``, or ``make()`` stored under it."""
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        return self.put(key, make())
 
 
 @dataclass
