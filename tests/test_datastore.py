@@ -239,3 +239,18 @@ def test_oracle_vm_repository_on_kernel_written_ocfs2(kernel_images):
     out = vmsift("ds", "info", "--json", image.path)
     doc = json.loads(out.stdout)
     assert doc["data"]["oracle_vm"]["keys"]["OVS_REPO_ALIAS"] == "vmsift-test-repo"
+
+
+def test_spanned_vmfs_from_the_command_line(cache_dir):
+    """`ds info IMAGE...` takes every device of a spanned volume, in any order."""
+    from tests.fixtures.vmfs_images import image
+
+    devices = [str(image(f"vmfs/span/vmfs5-span-{i}", cache_dir)) for i in (1, 0)]
+    out = vmsift("ds", "info", "--json", *devices)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["data"]["fs"]["label"] == "vmfs5-span"
+    out = vmsift("ds", "info", devices[1])  # the second device missing: opens, says so
+    assert out.returncode == 0 and "warning" in out.stderr
+    out = vmsift("ds", "info", devices[0])  # the first missing: the FS metadata is on it
+    assert out.returncode == 3 and "lives on a device that was not given" in out.stderr

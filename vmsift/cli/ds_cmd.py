@@ -19,6 +19,13 @@ def ds() -> None:
     """Open a datastore (folder, VMFS or OCFS2 image, partitioned disk) read-only."""
 
 
+def _ds_images(f):
+    """IMAGE... : one image, or every device of a spanned VMFS volume."""
+    f = click.option("--span", "spans", multiple=True, type=click.Path(exists=True),
+                     help="Another device of a spanned VMFS volume (repeatable).")(f)
+    return click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))(f)
+
+
 def _ds_args(f):
     f = click.option("--span", "spans", multiple=True, type=click.Path(exists=True),
                      help="Another device of a spanned VMFS volume (repeatable).")(f)
@@ -37,13 +44,14 @@ def _open_ds(image: str, spans: tuple[str, ...]):
 
 
 @ds.command("info")
-@_ds_args
+@_ds_images
 @click.option("--json", "as_json", is_flag=True)
-def ds_info(image: str, spans: tuple[str, ...], as_json: bool) -> None:
+def ds_info(images: tuple[str, ...], spans: tuple[str, ...], as_json: bool) -> None:
     """What the image is: kind, UUIDs, label, sizes, heartbeats, locks, slot maps."""
     from ..datastore.vm import oracle_vm_role
 
-    with _open_ds(image, spans) as volume:
+    image, *more = images
+    with _open_ds(image, (*more, *spans)) as volume:
         report = volume.info()
         role = oracle_vm_role(volume)
     report.data["oracle_vm"] = role
@@ -139,13 +147,14 @@ def ds_extract(image: str, spans: tuple[str, ...], path: str, out_dir: str) -> N
 
 
 @ds.command("vms")
-@_ds_args
+@_ds_images
 @click.option("--json", "as_json", is_flag=True)
-def ds_vms(image: str, spans: tuple[str, ...], as_json: bool) -> None:
+def ds_vms(images: tuple[str, ...], spans: tuple[str, ...], as_json: bool) -> None:
     """Every VM on the datastore with its disks, snapshots and sizes."""
     from ..datastore.vm import find_vms
 
-    with _open_ds(image, spans) as volume:
+    image, *more = images
+    with _open_ds(image, (*more, *spans)) as volume:
         vms = list(find_vms(volume))
     if as_json:
         echo_json(document(path=image, vms=[vm.to_dict() for vm in vms]))
