@@ -220,6 +220,15 @@ def test_vmware_vm_on_kernel_written_ocfs2(kernel_images, tmp_path):
     run("qemu-img", "convert", "-O", "raw", str(tmp_path / "testvm" / "testvm-000002.vmdk"),
         str(tmp_path / "q.raw"))
     assert ours == (tmp_path / "q.raw").read_bytes()
+    # the same disk exported straight out of the image from the command line
+    out = vmsift("disk", "export", "--datastore", image.path,
+                 "vmware/testvm/testvm-000002.vmdk", tmp_path / "cli.raw")
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "cli.raw").read_bytes() == ours
+    out = vmsift("disk", "info", "--json", "--datastore", image.path, "--snapshot", "first",
+                 "vmware/testvm/testvm-000002.vmdk")
+    assert [c["path"] for c in json.loads(out.stdout)["data"]["chain"]] == [
+        "vmware/testvm/testvm.vmdk"]
 
 
 def test_oracle_vm_repository_on_kernel_written_ocfs2(kernel_images):

@@ -18,8 +18,10 @@ def disk() -> None:
 
 
 def _disk_options(f):
-    f = click.option("--datastore", type=click.Path(file_okay=False, exists=True),
-                     help="Folder that holds the whole chain (default: the disk's folder).")(f)
+    f = click.option("--datastore", type=click.Path(exists=True),
+                     help="Folder that holds the whole chain (default: the disk's folder), or "
+                          "a datastore image (VMFS, OCFS2, partitioned disk): VMDK is then a "
+                          "path inside it.")(f)
     f = click.option("--no-verify", is_flag=True,
                      help="Read on when CIDs or capacities of the chain disagree (warns).")(f)
     f = click.option("--snapshot", metavar="NAME|UID",
@@ -36,19 +38,25 @@ def _open_disk(vmdk: str, datastore: str | None, no_verify: bool, snapshot: str 
                device: str | None = None, salvage: bool = False):
     """The disk named on the command line, opened read-only, with its chain; warns about
     what salvage had to zero when done."""
+    from ..datastore.detect import open_datastore
     from ..datastore.disk import OpenOptions, open_disk
     from ..datastore.folder import FolderVolume
     from ..datastore.snapshots import disk_at_snapshot
+    from ..datastore.volume import normalize
     from ..errors import ChainError
     from ..source import FileSource
 
-    volume = FolderVolume(datastore or os.path.dirname(os.path.abspath(vmdk)))
-    rel = os.path.relpath(os.path.realpath(vmdk), volume.root)
-    if rel.startswith(".."):
-        raise ChainError(f"{vmdk} is not inside the datastore folder {volume.root}")
-    if snapshot is not None:
-        rel = disk_at_snapshot(volume, rel, snapshot)
     with contextlib.ExitStack() as stack:
+        if datastore and not os.path.isdir(datastore):
+            volume = stack.enter_context(open_datastore([datastore]))
+            rel = normalize(vmdk)
+        else:
+            volume = FolderVolume(datastore or os.path.dirname(os.path.abspath(vmdk)))
+            rel = os.path.relpath(os.path.realpath(vmdk), volume.root)
+            if rel.startswith(".."):
+                raise ChainError(f"{vmdk} is not inside the datastore folder {volume.root}")
+        if snapshot is not None:
+            rel = disk_at_snapshot(volume, rel, snapshot)
         dev = stack.enter_context(FileSource(device)) if device else None
         disk = stack.enter_context(open_disk(volume, rel, strict=not no_verify,
                                              options=OpenOptions(dev, salvage)))

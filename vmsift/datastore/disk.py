@@ -289,7 +289,9 @@ def describe(disk: VirtualDisk) -> Report:
     fields["partition table"] = table.kind
     parts = Table("partitions", ["#", "start", "size", "type", "name"],
                   [[p.index, p.start, p.size, p.type_name, p.name] for p in table.partitions])
-    warnings = list(disk.warnings) + [f"partition table: {w}" for w in table.warnings]
+    warnings = list(disk.warnings)
+    if table.kind is not None:  # a blank disk without a table is not worth a warning
+        warnings += [f"partition table: {w}" for w in table.warnings]
     for link in disk.chain:
         for part in getattr(link.source, "parts", [link.source]):
             if isinstance(part, sparse.SparseExtent):
