@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from tests.fixtures.vmfs_images import image
 from tests.helpers import missing, mutate, require_tool
 from vmsift.datastore import vmfs as V
+from vmsift.datastore.vmfs_lvm import assemble
 from vmsift.datastore.volume import FileType
 from vmsift.errors import FormatError, LimitError, TruncatedError, UnsupportedError, VmsiftError
 from vmsift.formats.vmfs import fs as F
@@ -76,7 +77,7 @@ def test_lvm_logical_volume_bytes(version, order, cache_dir):
         if order == "span-reversed":
             names.reverse()
     srcs = [FileSource(image(n, cache_dir)) for n in names]
-    lv, desc, warnings = V._assemble(srcs)
+    lv, desc, warnings = assemble(srcs)
     assert warnings == []
     assert lv.size == (512 * MiB if order == "single" else GiB)
     assert desc["num_devs"] == len(names)
