@@ -263,3 +263,14 @@ def test_spanned_vmfs_from_the_command_line(cache_dir):
     assert out.returncode == 0 and "warning" in out.stderr
     out = vmsift("ds", "info", devices[0])  # the first missing: the FS metadata is on it
     assert out.returncode == 3 and "lives on a device that was not given" in out.stderr
+
+
+def test_vms_on_a_truncated_image_goes_on(kernel_images, tmp_path):
+    """A cut image: unreadable folders are named as warnings, the search does not stop."""
+    cut = tmp_path / "cut.img"
+    with open(kernel_images["max4k"].path, "rb") as f:
+        cut.write_bytes(f.read(40 << 20))
+    out = vmsift("ds", "vms", "--json", cut)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["problems"] and all("skipped" in p for p in doc["problems"])

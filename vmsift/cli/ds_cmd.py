@@ -154,10 +154,11 @@ def ds_vms(images: tuple[str, ...], spans: tuple[str, ...], as_json: bool) -> No
     from ..datastore.vm import find_vms
 
     image, *more = images
+    problems: list[str] = []
     with _open_ds(image, (*more, *spans)) as volume:
-        vms = list(find_vms(volume))
+        vms = list(find_vms(volume, problems))
     if as_json:
-        echo_json(document(path=image, vms=[vm.to_dict() for vm in vms]))
+        echo_json(document(path=image, vms=[vm.to_dict() for vm in vms], problems=problems))
         return
     rows = [[vm.kind, vm.name, vm.config, len(vm.disks), len(vm.snapshots),
              human(vm.capacity), human(vm.allocated)] for vm in vms]
@@ -177,3 +178,5 @@ def ds_vms(images: tuple[str, ...], spans: tuple[str, ...], as_json: bool) -> No
                        f"{snap['display_name']}{mark}")
         for warning in vm.warnings:
             click.echo(f"warning: {vm.config}: {warning}", err=True)
+    for problem in problems:
+        click.echo(f"warning: {problem}", err=True)

@@ -155,9 +155,11 @@ def oracle_vm_role(volume: Volume) -> dict[str, Any] | None:
     return None
 
 
-def find_vms(volume: Volume) -> Iterator[VmRecord]:
-    """Every VM configuration on the volume, as found by a walk from the root."""
-    for folder, entries in volume.walk(""):
+def find_vms(volume: Volume, problems: list[str] | None = None) -> Iterator[VmRecord]:
+    """Every VM configuration on the volume, as found by a walk from the root. With
+    ``problems``, folders that cannot be read (a damaged or truncated image) are noted there
+    and the search goes on."""
+    for folder, entries in volume.walk("", problems=problems):
         for entry in entries:
             if entry.type is not FileType.FILE:
                 continue

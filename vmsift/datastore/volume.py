@@ -152,15 +152,22 @@ class Volume:
         except VmsiftError:
             return False
 
-    def walk(self, path: str = "", *, deleted: bool = False
-             ) -> Iterator[tuple[str, list[DirEntry]]]:
+    def walk(self, path: str = "", *, deleted: bool = False,
+             problems: list[str] | None = None) -> Iterator[tuple[str, list[DirEntry]]]:
         """(directory, entries) for ``path`` and every directory below it, top down; each
-        directory once (by inode), at most `MAX_DEPTH` deep."""
+        directory once (by inode), at most `MAX_DEPTH` deep. With ``problems``, a directory
+        that cannot be read is noted there and skipped instead of ending the walk."""
         seen: set = set()
         stack = [(normalize(path), 0)]
         while stack:
             current, depth = stack.pop()
-            entries = self.listdir(current, deleted=deleted)
+            try:
+                entries = self.listdir(current, deleted=deleted)
+            except VmsiftError as e:
+                if problems is None or current == normalize(path):
+                    raise
+                problems.append(f"folder {current!r} skipped: {e}")
+                continue
             yield current, entries
             if depth >= MAX_DEPTH:
                 continue
