@@ -349,3 +349,17 @@ def test_cli_salvage_and_device(disks, tmp_path):
     out = vmsift("disk", "export", "--device", tmp_path / "lun.img", tmp_path / "r.vmdk",
                  tmp_path / "d.raw")
     assert out.returncode == 0 and (tmp_path / "d.raw").read_bytes() == b"Q" * 4096
+
+
+def test_zero_pieces_inside_data_stay_holes(tmp_path):
+    from vmsift.datastore.export import ZERO_GRAIN, nonzero_spans
+    from vmsift.source import BytesSource
+
+    data = bytes(ZERO_GRAIN) + b"x" + bytes(3 * ZERO_GRAIN) + b"y"
+    assert nonzero_spans(data) == [(ZERO_GRAIN, 2 * ZERO_GRAIN),
+                                   (4 * ZERO_GRAIN, len(data))]
+    big = (b"\1" * 4096 + bytes(MiB - 4096)) * 8  # 8 MiB, 4 KiB of data per MiB
+    stats = export_raw(BytesSource(big, "stamps"), tmp_path / "o.raw")
+    assert stats.written == 8 * ZERO_GRAIN
+    assert (tmp_path / "o.raw").read_bytes() == big
+    assert (tmp_path / "o.raw").stat().st_blocks * 512 <= 8 * ZERO_GRAIN + 65536

@@ -16,7 +16,7 @@ from vmsift.datastore.detect import open_datastore
 from vmsift.datastore.disk import open_disk
 from vmsift.datastore.vm import find_vms
 from vmsift.datastore.volume import FileType
-from vmsift.source import Alloc, FileSource
+from vmsift.source import Alloc
 
 MIB = 1 << 20
 

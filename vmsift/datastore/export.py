@@ -1,7 +1,7 @@
 """Copy a disk (any `ByteSource`) out to a host file.
 
-Raw output is sparse: HOLE and ZERO runs, and DATA blocks that are all zeros, are skipped
-with a seek, never written; the file is then cut to the disk's size and synced. When the
+Raw output is sparse: HOLE and ZERO runs, and 64 KiB pieces of data that are all zeros, are
+skipped with a seek, never written; the file is then cut to the disk's size and synced. When the
 export fails, the partial output is removed.
 """
 
@@ -18,6 +18,7 @@ from ..errors import SourceError
 from ..source import Alloc, ByteSource
 
 BLOCK = 4 << 20
+ZERO_GRAIN = 64 << 10  # all-zero pieces this size inside data are left as holes too
 IN_FLIGHT = 4  # blocks queued for the writer: bounds memory to a few BLOCKs
 
 
@@ -26,6 +27,22 @@ class ExportStats:
     size: int
     written: int      # bytes actually written (data)
     skipped: int      # bytes left as holes
+
+
+def nonzero_spans(data: bytes) -> list[tuple[int, int]]:
+    """[start, end) spans of ``data`` that hold non-zero bytes, at `ZERO_GRAIN` granularity
+    (all-zero grains between them stay holes in the output)."""
+    view, zero = memoryview(data), memoryview(bytes(ZERO_GRAIN))
+    spans: list[tuple[int, int]] = []
+    for start in range(0, len(data), ZERO_GRAIN):
+        end = min(start + ZERO_GRAIN, len(data))
+        if view[start:end] == zero[:end - start]:
+            continue
+        if spans and spans[-1][1] == start:
+            spans[-1] = (spans[-1][0], end)
+        else:
+            spans.append((start, end))
+    return spans
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> None:
@@ -61,8 +78,10 @@ def export_raw(src: ByteSource, out_path: str | os.PathLike, *, overwrite: bool 
                     n = min(BLOCK, run.end - pos)
                     data = src.read_exact(pos, n, "disk data")
                     if data != zero_block[:n]:
-                        pending.append(writer.submit(_write_all, fd, data, pos))
-                        written += n
+                        for start, end in nonzero_spans(data):
+                            piece = memoryview(data)[start:end]
+                            pending.append(writer.submit(_write_all, fd, piece, pos + start))
+                            written += end - start
                         while len(pending) > IN_FLIGHT:
                             pending.popleft().result()
                     if progress:
