@@ -32,11 +32,11 @@ class ExportStats:
 def nonzero_spans(data: bytes) -> list[tuple[int, int]]:
     """[start, end) spans of ``data`` that hold non-zero bytes, at `ZERO_GRAIN` granularity
     (all-zero grains between them stay holes in the output)."""
-    view, zero = memoryview(data), memoryview(bytes(ZERO_GRAIN))
+    zero = bytes(ZERO_GRAIN)
     spans: list[tuple[int, int]] = []
     for start in range(0, len(data), ZERO_GRAIN):
         end = min(start + ZERO_GRAIN, len(data))
-        if view[start:end] == zero[:end - start]:
+        if data[start:end] == zero[:end - start]:  # bytes compare: memcmp (memoryview is slow)
             continue
         if spans and spans[-1][1] == start:
             spans[-1] = (spans[-1][0], end)
