@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import array
 import stat as stat_mod
+import struct
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +34,9 @@ MAX_PATH_DEPTH = 256
 CACHE_FDS = 2048
 CACHE_PBS = 256
 CACHE_DIRS = 64
-MAX_RESOURCE_DEPTH = 4  # resource file -> its pointer blocks in another resource file -> ...
+MAX_RESOURCE_DEPTH = 4
+_DIRENT5 = struct.Struct("<III128s")
+assert _DIRENT5.size == F.DIRENT5_SIZE  # resource file -> its pointer blocks in another resource file -> ...
 
 
 def _words(raw: bytes, width: int) -> tuple[int, ...]:
@@ -426,13 +429,14 @@ class Vmfs:
     def _entries5(self, dfd: Fd) -> list:
         data = self._read_file(dfd, 0, dfd.meta.length)
         out = []
-        for i in range(len(data) // F.DIRENT5_SIZE):
-            e = F.DirEntry5.parse(data[i * F.DIRENT5_SIZE:(i + 1) * F.DIRENT5_SIZE])
-            name = F.name_str(e.name)
-            if e.addr:
-                out.append((name, e.type, e.addr, False))
-            elif name and e.type:
-                out.append((name, e.type, 0, True))
+        # the DirEntry5 layout, unpacked with struct: this loop runs once per name
+        usable = len(data) - len(data) % F.DIRENT5_SIZE
+        for etype, addr, _, raw in _DIRENT5.iter_unpack(data[:usable]):
+            name = F.name_str(raw)
+            if addr:
+                out.append((name, etype, addr, False))
+            elif name and etype:
+                out.append((name, etype, 0, True))
         return out
 
     def _entries6(self, dfd: Fd) -> list:
