@@ -45,7 +45,7 @@ def nonzero_spans(data: bytes) -> list[tuple[int, int]]:
     return spans
 
 
-def _write_all(fd: int, data: bytes, offset: int) -> None:
+def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)
@@ -64,7 +64,6 @@ def export_raw(src: ByteSource, out_path: str | os.PathLike, *, overwrite: bool 
         raise SourceError(f"cannot create output: {e.strerror}", source=os.fspath(out_path)) \
             from None
     written = 0
-    zero_block = bytes(BLOCK)
     pending: collections.deque[concurrent.futures.Future] = collections.deque()
     try:
         # reads (and inflating) overlap with writes: one writer thread, a few blocks ahead
@@ -77,13 +76,12 @@ def export_raw(src: ByteSource, out_path: str | os.PathLike, *, overwrite: bool 
                 for pos in range(run.offset, run.end, BLOCK):
                     n = min(BLOCK, run.end - pos)
                     data = src.read_exact(pos, n, "disk data")
-                    if data != zero_block[:n]:
-                        for start, end in nonzero_spans(data):
-                            piece = memoryview(data)[start:end]
-                            pending.append(writer.submit(_write_all, fd, piece, pos + start))
-                            written += end - start
-                        while len(pending) > IN_FLIGHT:
-                            pending.popleft().result()
+                    for start, end in nonzero_spans(data):
+                        piece = memoryview(data)[start:end]
+                        pending.append(writer.submit(_write_all, fd, piece, pos + start))
+                        written += end - start
+                    while len(pending) > IN_FLIGHT:  # bounds memory to a few blocks
+                        pending.popleft().result()
                     if progress:
                         progress(n)
             while pending:
