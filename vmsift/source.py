@@ -74,6 +74,10 @@ class ByteSource:
         if end > start:
             yield Run(start, end - start, Alloc.DATA)
 
+    def stored_bytes(self) -> int:
+        """Bytes this source holds as DATA, from its allocation map alone."""
+        return sum(r.length for r in self.extents() if r.kind is Alloc.DATA)
+
     def read_exact(self, offset: int, length: int, what: str = "data") -> bytes:
         """Read exactly ``length`` bytes or raise `TruncatedError` naming this source."""
         data = self.read(offset, length)

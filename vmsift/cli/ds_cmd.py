@@ -19,16 +19,18 @@ def ds() -> None:
     """Open a datastore (folder, VMFS or OCFS2 image, partitioned disk) read-only."""
 
 
+_span_option = click.option("--span", "spans", multiple=True, type=click.Path(exists=True),
+                            help="Another device of a spanned VMFS volume (repeatable).")
+
+
 def _ds_images(f):
     """IMAGE... : one image, or every device of a spanned VMFS volume."""
-    f = click.option("--span", "spans", multiple=True, type=click.Path(exists=True),
-                     help="Another device of a spanned VMFS volume (repeatable).")(f)
+    f = _span_option(f)
     return click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))(f)
 
 
 def _ds_args(f):
-    f = click.option("--span", "spans", multiple=True, type=click.Path(exists=True),
-                     help="Another device of a spanned VMFS volume (repeatable).")(f)
+    f = _span_option(f)
     return click.argument("image", type=click.Path(exists=True))(f)
 
 

@@ -19,7 +19,7 @@ from ..formats import partition
 from ..formats.vmdk import cowd, sesparse, sparse
 from ..formats.vmdk import descriptor as desc_mod
 from ..report import Report, Table
-from ..source import (Alloc, ByteSource, ConcatSource, OverlaySource, Run, SliceSource,
+from ..source import (ByteSource, ConcatSource, OverlaySource, Run, SliceSource,
                       UnavailableSource, ZeroSource)
 from .volume import Volume
 
@@ -53,7 +53,7 @@ class Link:
         0 for a raw device mapping, whose data is on its LUN."""
         if isinstance(self.source, UnavailableSource):
             return 0
-        return sum(r.length for r in self.source.extents() if r.kind is Alloc.DATA)
+        return self.source.stored_bytes()
 
     def to_dict(self) -> dict[str, Any]:
         d = self.descriptor

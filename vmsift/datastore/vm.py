@@ -18,7 +18,6 @@ from ..errors import VmsiftError
 from ..formats import vmcfg as vmcfg_mod
 from ..formats import vmsd as vmsd_mod
 from ..formats import vmx as vmx_mod
-from ..source import Alloc
 from .disk import open_disk
 from .volume import FileType, Volume
 
@@ -68,10 +67,6 @@ class VmRecord:
 def _read(volume: Volume, path: str) -> bytes:
     with volume.open(path) as src:
         return src.read_all(MAX_CONFIG, "configuration file")
-
-
-def _allocated(source) -> int:
-    return sum(r.length for r in source.extents() if r.kind is Alloc.DATA)
 
 
 def _vmware_disk(volume: Volume, vmx_dir: str, device: vmx_mod.Device) -> VmDisk:
@@ -135,7 +130,7 @@ def _oraclevm(volume: Volume, path: str) -> VmRecord:
             disk.path = None
         else:
             with volume.open(disk.path) as src:
-                disk.capacity, disk.allocated = src.size, _allocated(src)
+                disk.capacity, disk.allocated = src.size, src.stored_bytes()
                 disk.chain = [disk.path]
         disks.append(disk)
     return VmRecord("oraclevm", cfg.simple_name or cfg.name, path, cfg.uuid, disks)
