@@ -36,6 +36,7 @@ CACHE_PBS = 256
 CACHE_DIRS = 64
 MAX_RESOURCE_DEPTH = 4
 _DIRENT5 = struct.Struct("<III128s")
+_U32 = struct.Struct("<I")
 assert _DIRENT5.size == F.DIRENT5_SIZE  # resource file -> its pointer blocks in another resource file -> ...
 
 
@@ -487,11 +488,13 @@ class Vmfs:
         count = 1024 if self.vmfs6 else 2048
         raw = self.lv.read(F.HEARTBEAT_OFFSET, slot * count)
         out = []
+        used = (F.HB_FREE, F.HB_LIVE)
         for i in range(len(raw) // slot):
-            chunk = raw[i * slot:i * slot + F.Heartbeat.sizeof()]
-            hb = F.Heartbeat.parse(chunk)
-            if hb.state not in (F.HB_FREE, F.HB_LIVE) or not any(hb.owner):
+            pos = i * slot
+            # most slots were never used: skip them before the (slow) full parse
+            if _U32.unpack_from(raw, pos)[0] not in used or not any(raw[pos + 0x1C:pos + 0x2C]):
                 continue
+            hb = F.Heartbeat.parse(raw[pos:pos + F.Heartbeat.sizeof()])
             out.append({
                 "slot": i, "offset": F.HEARTBEAT_OFFSET + i * slot,
                 "state": "live" if hb.state == F.HB_LIVE else "free",
@@ -529,10 +532,12 @@ class Vmfs:
 
 # --- the volume -----------------------------------------------------------------------------
 
+_FILE_TYPES = {int(F.DescType.DIRECTORY): FileType.DIR, int(F.DescType.REGFILE): FileType.FILE,
+               int(F.DescType.SYMLINK): FileType.SYMLINK, int(F.DescType.SYSFILE): FileType.FILE}
+
+
 def _file_type(desc_type: int) -> FileType:
-    return {F.DescType.DIRECTORY: FileType.DIR, F.DescType.REGFILE: FileType.FILE,
-            F.DescType.SYMLINK: FileType.SYMLINK, F.DescType.SYSFILE: FileType.FILE,
-            }.get(desc_type, FileType.OTHER)
+    return _FILE_TYPES.get(desc_type, FileType.OTHER)
 
 
 class VmfsFile(ByteSource):
@@ -587,11 +592,12 @@ class VmfsVolume(Volume):
     def listdir(self, path: str = "", *, deleted: bool = False) -> list[DirEntry]:
         fd, _ = self._lookup(path)
         out = []
+        sysfile = int(F.DescType.SYSFILE)
         for name, dtype, addr, gone in self.fs.entries(fd):
             if name in (".", "..") or (gone and not deleted):
                 continue
-            kind = _file_type(dtype)
-            if dtype == F.DescType.SYSFILE and not gone:
+            kind = _FILE_TYPES.get(dtype, FileType.OTHER)
+            if dtype == sysfile and not gone:
                 kind = self.fs.fd(addr).file_type
             out.append(DirEntry(name, kind, addr or None, gone))
         return sorted(out, key=lambda e: (e.name, e.deleted))
