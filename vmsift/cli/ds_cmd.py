@@ -91,6 +91,7 @@ def ds_ls(image: str, spans: tuple[str, ...], path: str, long: bool, deleted: bo
             click.echo("\n".join(e.name + ("/" if e.type.value == "dir" else "") +
                                  (" (deleted)" if e.deleted else "") for e in entries))
         return
+    lines = []
     for e in entries:
         mark = " (deleted)" if e.deleted else ""
         st = stats.get(e.name)
@@ -98,8 +99,10 @@ def ds_ls(image: str, spans: tuple[str, ...], path: str, long: bool, deleted: bo
         if st and st.mtime is not None:
             when = dt.datetime.fromtimestamp(st.mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
         link = f" -> {st.symlink_target}" if st and st.symlink_target else ""
-        click.echo(f"{e.type.value:7} {st.size if st else '-':>15} "
-                   f"{human(st.allocated) if st else '-':>10}  {when}  {e.name}{link}{mark}")
+        lines.append(f"{e.type.value:7} {st.size if st else '-':>15} "
+                     f"{human(st.allocated) if st else '-':>10}  {when}  {e.name}{link}{mark}")
+    if lines:
+        click.echo("\n".join(lines))
 
 
 @ds.command("stat")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 
 COMPAT = {0x1: "backup-super", 0x2: "strict-journal-super"}
 INCOMPAT = {0x2: "heartbeat-device", 0x4: "aborted-resize", 0x8: "local", 0x10: "sparse",
@@ -76,8 +77,13 @@ def names(value: int, table: dict[int, str]) -> list[str]:
 
 
 def flag_names(value: int, flag_type: type[enum.IntFlag]) -> list[str]:
+    return list(_flag_names(value, flag_type))
+
+
+@functools.lru_cache(maxsize=1024)  # a listing asks for the same few values thousands of times
+def _flag_names(value: int, flag_type: type[enum.IntFlag]) -> tuple[str, ...]:
     out = [f.name.lower() for f in flag_type if value & f.value]
     unknown = value & ~sum(f.value for f in flag_type)
     if unknown:
         out.append(f"unknown-{unknown:#x}")
-    return out
+    return tuple(out)

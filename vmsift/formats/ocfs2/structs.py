@@ -271,4 +271,3 @@ HEARTBEAT_CHECKSUM_AT = 0xC
 # Compiled forms for the loops over many records (same layouts, faster parsing).
 DirEntryHeaderC = DirEntryHeader.compile()
 ExtentRecC = ExtentRec.compile()
-DinodeC = Dinode.compile()
