@@ -3,13 +3,18 @@
 The images come from tests/fixtures/ocfs2_kernel.py (real Linux kernel under QEMU). Here
 they are checked with fsck.ocfs2 and debugfs.ocfs2 (ocfs2-tools), with md5s recomputed on the
 host from the pattern recipe, and with qemu-img/qemu-io for the VMware folder they carry.
+The special images (a real orphan left by an unclean power-off; an Oracle VM server pool
+file system) and the deleted entries are also read with vmsift and compared with debugfs and
+the guest's own records.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,15 +26,36 @@ NAMES = [s.name for s in ok.SPECS]
 SPEC = {s.name: s for s in ok.SPECS}
 
 
-@pytest.fixture(scope="session")
-def images(cache_dir: Path) -> dict[str, ok.KernelImage]:
+def _build(builder, cache_dir: Path) -> dict[str, ok.KernelImage]:
     gone = ok.missing_tools()
     if gone:
         missing(f"OCFS2 image build tools {gone}")
     try:
-        return ok.build_images(cache_dir)
+        return builder(cache_dir)
     except ok.GuestBuildError as exc:  # loud: the message carries the guest console log
         pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def images(cache_dir: Path) -> dict[str, ok.KernelImage]:
+    return _build(ok.build_images, cache_dir)
+
+
+@pytest.fixture(scope="session")
+def special(cache_dir: Path) -> dict[str, ok.KernelImage]:
+    """orphan4k and ovspoolfs (built in the same run as the standard images)."""
+    return _build(ok.build_special_images, cache_dir)
+
+
+def vmsift(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vmsift", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def vmsift_json(*args) -> dict:
+    out = vmsift(*args, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
 
 
 def debugfs(image: Path, *commands: str) -> str:
@@ -71,8 +97,9 @@ def test_parse_manifest():
     text = ("#PARAMS\nkernel|6.1.0-x\n#STAT\ndirectory|3896|3|5|8|755|.\n"
             "regular file|13|2|70|1|644|./a b.txt\nsymbolic link|5|1|71|0|777|./l\n"
             "#MD5\nba28676f3493e4aad101cefdb846fe74  ./a b.txt\n#LINK\n'./l' -> 'a b.txt'\n"
-            "#FIEMAP ./a b.txt\n0 4096 3896 769\n#DELETED\nx/y|9|regular file|4|abc\n#END\n")
-    entries, deleted, kernel = ok.parse_manifest(text)
+            "#FIEMAP ./a b.txt\n0 4096 3896 769\n#DELETED\nx/y|9|regular file|4|abc\n"
+            "#ORPHAN\nx/z|10|21480|def\n#END\n")
+    entries, deleted, kernel, orphans = ok.parse_manifest(text)
     assert kernel == "6.1.0-x"
     assert entries[""] == {"type": "dir", "size": 3896, "nlink": 3, "inode": 5, "blocks": 8,
                            "mode": 0o755}
@@ -80,6 +107,7 @@ def test_parse_manifest():
     assert entries["a b.txt"]["extents"] == [[0, 4096, 3896, 769]]
     assert entries["l"]["target"] == "a b.txt"
     assert deleted == [{"path": "x/y", "inode": 9, "type": "file", "size": 4, "md5": "abc"}]
+    assert orphans == [{"path": "x/z", "inode": 10, "size": 21480, "md5": "def"}]
     with pytest.raises(ValueError):
         ok.parse_manifest(text.replace("#END\n", ""))
 
@@ -87,6 +115,21 @@ def test_parse_manifest():
 def test_recipe_hash_is_stable_and_sensitive():
     assert ok.recipe_hash(ok.SPECS) == ok.recipe_hash(list(ok.SPECS))
     assert ok.recipe_hash(ok.SPECS) != ok.recipe_hash(ok.SPECS[:1])
+    assert ok.recipe_hash(ok.ALL_SPECS) != ok.recipe_hash(ok.SPECS)
+
+
+def test_special_recipes():
+    orphan, poolfs = (next(s for s in ok.SPECIAL_SPECS if s.name == n)
+                      for n in ("orphan4k", "ovspoolfs"))
+    assert orphan.content == "orphan" and not orphan.cluster_mode
+    assert orphan.orphan_size % orphan.block_size  # a partial last block
+    assert poolfs.content == "poolfs" and poolfs.global_heartbeat
+    args = poolfs.mkfs_args(Path("p.img"))
+    assert "--global-heartbeat" in args
+    assert f"--cluster-name={ok.POOLFS_IDS['POOLFS_CLUSTER']}" in args
+    # the volume UUID is the pool file system id; the cluster name fits o2cb's 16 characters
+    assert poolfs.uuid.replace("-", "") == ok.POOLFS_IDS["POOLFS_UUID"]
+    assert len(poolfs.cluster_name) == 16
 
 
 # ---- the built images -------------------------------------------------------------------------
@@ -404,3 +447,162 @@ def test_bench_recipe():
 
 # The 1 GiB bench image itself is built and checked (md5 against the guest) by
 # bench/bench_datastore.py, not here: it takes ~45 s under TCG.
+
+
+# ---- deleted entries: what the kernel leaves and `vmsift ds ls --deleted` recovers -------------
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ds_ls_deleted_recovers_names_the_guest_deleted(images, name):
+    """Every entry the guest removed from a directory that still exists is listed by
+    `ds ls --deleted` under its name and type. The kernel (ocfs2_delete_entry) zeroes the
+    inode number of a removed entry, so none can be tied to its inode: inode is null."""
+    img = images[name]
+    by_parent: dict[str, list[dict]] = {}
+    for gone in img.deleted:
+        parent = gone["path"].rpartition("/")[0]
+        if parent in img.manifest:  # deltest/gone-dir went with its entry lost.txt
+            by_parent.setdefault(parent, []).append(gone)
+    assert sorted(by_parent) == ["big-dir", "deltest"]
+    for parent, gone in by_parent.items():
+        doc = vmsift_json("ds", "ls", "--deleted", img.path, parent)
+        listed = {e["name"]: e for e in doc["entries"] if e["deleted"]}
+        for g in gone:
+            leaf = g["path"].rpartition("/")[2]
+            assert leaf in listed, (parent, sorted(listed))
+            assert listed[leaf]["type"] == g["type"]
+            assert listed[leaf]["inode"] is None and listed[leaf]["stat"] is None
+        live = {e["name"] for e in doc["entries"] if not e["deleted"]}
+        assert live == {p.rpartition("/")[2] for p in img.manifest
+                        if p.rpartition("/")[0] == parent and p}
+    # without --deleted nothing deleted shows
+    doc = vmsift_json("ds", "ls", img.path, "deltest")
+    assert [e["name"] for e in doc["entries"]] == ["keep.txt"]
+    out = vmsift("ds", "ls", "--deleted", img.path, "deltest")
+    assert out.stdout.splitlines() == ["gone-dir/ (deleted)", "gone.bin (deleted)", "keep.txt"]
+
+
+# ---- a real orphan: open file unlinked, sync, power off without umount ------------------------
+
+def test_orphan_left_on_disk_per_debugfs(special):
+    img = special["orphan4k"]
+    (orphan,) = img.orphans
+    assert orphan["path"] == "work/held-open.bin"
+    assert orphan["size"] == ok.SPECIAL_SPECS[0].orphan_size
+    assert orphan["md5"] == md5(ok.pattern_bytes(14, 0, orphan["size"]))
+    listing = ls_dir(img.path, "/orphan_dir:0000")
+    entries = {k: v for k, v in listing.items() if k not in (".", "..")}
+    # the kernel names an orphan entry by its inode number, 16 hex digits
+    assert entries == {f"{orphan['inode']:016x}": (orphan["inode"], "-rw-r--r--", 0,
+                                                   orphan["size"])}
+    out = debugfs(img.path, f"stat <{orphan['inode']}>")
+    assert re.search(r"Flags: Valid Orphan", out) and "Orphan Slot: 0" in out
+    assert re.search(rf"Size: {orphan['size']}\s", out) and "Links: 0" in out
+    # unclean power-off: the journal of slot 0 is still marked dirty
+    assert "Journal Flags: Dirty" in debugfs(img.path, "stat //journal:0000")
+    # the file unlinked while closed was freed at once: not an orphan
+    closed = next(d for d in img.deleted if d["path"] == "work/unlinked-closed.bin")
+    assert closed["inode"] != orphan["inode"]
+    require_tool("fsck.ocfs2")
+    proc = subprocess.run(["fsck.ocfs2", "-fn", str(img.path)], capture_output=True, text=True)
+    assert "Skipping journal replay" in proc.stdout and "All passes succeeded" in proc.stdout
+
+
+def test_orphan_reported_and_read_by_vmsift(special):
+    from vmsift.datastore.detect import open_datastore
+    from vmsift.report import Table
+
+    img = special["orphan4k"]
+    (orphan,) = img.orphans
+    ino, size = orphan["inode"], orphan["size"]
+    with open_datastore([str(img.path)]) as v:
+        info = v.info()
+        assert info.data["orphans"] == [{"slot": 0, "name": f"{ino:016x}", "inode": ino,
+                                         "size": size, "mode": 0o100644, "dtime": 0}]
+        assert [j["dirty"] for j in info.data["journals"]] == [True]
+        tables = {t.title: t for t in info.tables}
+        assert isinstance(tables["orphans"], Table)
+        assert tables["orphans"].rows == [[0, ino, size]]
+        assert tables["journals"].rows[0][3] is True
+        # the orphan's data, read by inode number, is what the guest wrote
+        f = v.open_inode(ino)
+        assert f.size == size and md5(f.read(0, size)) == orphan["md5"]
+        assert [(r.offset, r.length, r.kind.value) for r in f.extents()] == [(0, size, "data")]
+        st = v.stat_inode(ino)
+        assert (st.nlink, st.size, st.type.value) == (0, size, "file")
+        assert "orphaned" in st.extra["flags"] and st.extra["orphaned_slot"] == 0
+        # the live tree is exactly what the guest saw after the unlink
+        seen = {f"{d}/{e.name}".lstrip("/") for d, es in v.walk() for e in es}
+        assert seen == {p for p in img.manifest if p}
+        # both unlinked names are recoverable from work/, without inode numbers
+        gone = {e.name: e for e in v.listdir("work", deleted=True) if e.deleted}
+        assert set(gone) == {"held-open.bin", "unlinked-closed.bin"}
+        assert all(e.inode is None and e.type.value == "file" for e in gone.values())
+    doc = vmsift_json("ds", "info", img.path)
+    assert doc["data"]["orphans"] == info.data["orphans"]
+    assert doc["data"]["journals"][0]["dirty"] is True
+    out = vmsift("ds", "info", img.path)
+    assert out.returncode == 0 and re.search(r"^orphans \(1\)$", out.stdout, re.M)
+    assert re.search(rf"^\s*0\s+{ino}\s+{size}\s*$", out.stdout, re.M)
+
+
+def test_clean_images_have_no_orphans(images):
+    from vmsift.datastore.detect import open_datastore
+
+    for img in images.values():
+        with open_datastore([str(img.path)]) as v:
+            info = v.info()
+        assert info.data["orphans"] == [] and img.orphans == []
+        assert not any(j["dirty"] for j in info.data["journals"])
+
+
+# ---- Oracle VM server pool file system ---------------------------------------------------------
+
+def test_pool_filesystem_per_debugfs(special):
+    img, spec = special["ovspoolfs"], ok.SPECIAL_SPECS[1]
+    stats = debugfs(img.path, "stats")
+    assert f"UUID: {ok.POOLFS_IDS['POOLFS_UUID'].upper()}" in stats
+    assert f"Cluster name: {ok.POOLFS_IDS['POOLFS_CLUSTER']}" in stats
+    assert re.search(r"Cluster flags: 1 Globalheartbeat", stats)
+    assert f"Max Node Slots: {spec.slots}" in stats
+    hb = re.findall(r"^\s*(\d+):\s+(\d+)\s+([0-9a-f]{16})", debugfs(img.path, "hb"), re.M)
+    assert hb and hb[0][:2] == ("0", "0") and int(hb[0][2], 16) > 0
+    text = debugfs(img.path, "cat /.ovspoolfs")
+    assert f"OVS_POOLFS_UUID={ok.POOLFS_IDS['POOLFS_UUID']}" in text
+    assert set(ls_dir(img.path, "")) - {".", ".."} == {".ovspoolfs", ".generic_fs_stamp",
+                                                       "lost+found"}
+    require_tool("fsck.ocfs2")
+    proc = subprocess.run(["fsck.ocfs2", "-fn", str(img.path)], capture_output=True, text=True)
+    assert proc.returncode == 0 and "All passes succeeded" in proc.stdout, proc.stdout
+
+
+def test_pool_filesystem_recognised_by_vmsift(special):
+    from vmsift.datastore.detect import open_datastore
+    from vmsift.datastore.vm import find_vms, oracle_vm_role
+
+    img = special["ovspoolfs"]
+    ids = ok.POOLFS_IDS
+    keys = {"OVS_POOLFS_UUID": ids["POOLFS_UUID"], "OVS_POOLFS_POOL_UUID": ids["POOLFS_POOL_UUID"],
+            "OVS_POOLFS_MGR_UUID": ids["POOLFS_MGR_UUID"], "OVS_POOLFS_VERSION": "3.0",
+            "OVS_POOLFS_TYPE": "lun", "OVS_POOLFS_TARGET": ids["POOLFS_TARGET"],
+            "OVS_POOLFS_CLUSTER": ids["POOLFS_CLUSTER"]}
+    with open_datastore([str(img.path)]) as v:
+        role = oracle_vm_role(v)
+        assert role == {"role": "server pool file system", "marker": ".ovspoolfs", "keys": keys}
+        problems: list[str] = []
+        assert list(find_vms(v, problems)) == [] and problems == []
+        info = v.info()
+        assert info.data["uuid"] == ok.SPECIAL_SPECS[1].uuid
+        assert info.data["cluster_stack"] == {"mode": "cluster", "stack": "o2cb",
+                                              "classic": False,
+                                              "cluster": ids["POOLFS_CLUSTER"],
+                                              "global_heartbeat": True}
+        nodes = info.data["heartbeat"]["nodes"]
+        assert nodes and nodes[0]["node"] == 0 and nodes[0]["checksum_ok"]
+        assert not any(j["dirty"] for j in info.data["journals"])
+        assert v.open(".generic_fs_stamp").read(0, 16) == b"OCFS2\n"
+    doc = vmsift_json("ds", "info", img.path)
+    assert doc["data"]["oracle_vm"] == role
+    out = vmsift("ds", "info", img.path)
+    assert re.search(r"^\s*Oracle VM\s+server pool file system$", out.stdout, re.M)
+    doc = vmsift_json("ds", "vms", img.path)
+    assert doc["vms"] == [] and doc["problems"] == []
