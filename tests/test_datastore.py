@@ -151,8 +151,10 @@ def test_links_out_of_a_folder_datastore_are_refused(datastore, tmp_path):
 def test_cli_ds_commands(datastore, tmp_path):
     out = vmsift("ds", "vms", "--json", datastore)
     assert out.returncode == 0, out.stderr
-    vms = json.loads(out.stdout)["vms"]
-    assert sorted(vm["name"] for vm in vms) == ["db01", "web01"]
+    doc = json.loads(out.stdout)
+    assert sorted(vm["name"] for vm in doc["vms"]) == ["db01", "web01"]
+    assert doc["oracle_vm"]["role"] == "repository"
+    assert doc["oracle_vm"]["keys"]["OVS_REPO_UUID"] == REPO
     out = vmsift("ds", "ls", "-l", datastore, "web01")
     assert out.returncode == 0 and "web01-000002.vmdk" in out.stdout
     out = vmsift("ds", "cat", datastore, ".ovsrepo")

@@ -519,6 +519,9 @@ def test_orphan_reported_and_read_by_vmsift(special):
         assert info.data["orphans"] == [{"slot": 0, "name": f"{ino:016x}", "inode": ino,
                                          "size": size, "mode": 0o100644, "dtime": 0}]
         assert [j["dirty"] for j in info.data["journals"]] == [True]
+        assert [w for w in info.warnings if "journal" in w] == [
+            "journal of slot 0 is dirty: the volume is mounted or was not cleanly unmounted; "
+            "changes still only in the journal are not shown (vmsift does not replay journals)"]
         tables = {t.title: t for t in info.tables}
         assert isinstance(tables["orphans"], Table)
         assert tables["orphans"].rows == [[0, ino, size]]
@@ -606,3 +609,6 @@ def test_pool_filesystem_recognised_by_vmsift(special):
     assert re.search(r"^\s*Oracle VM\s+server pool file system$", out.stdout, re.M)
     doc = vmsift_json("ds", "vms", img.path)
     assert doc["vms"] == [] and doc["problems"] == []
+    assert doc["oracle_vm"] == role
+    out = vmsift("ds", "vms", img.path)
+    assert out.stdout.startswith("Oracle VM server pool file system (.ovspoolfs)\n")

@@ -156,15 +156,19 @@ def ds_extract(image: str, spans: tuple[str, ...], path: str, out_dir: str) -> N
 @click.option("--json", "as_json", is_flag=True)
 def ds_vms(images: tuple[str, ...], spans: tuple[str, ...], as_json: bool) -> None:
     """Every VM on the datastore with its disks, snapshots and sizes."""
-    from ..datastore.vm import find_vms
+    from ..datastore.vm import find_vms, oracle_vm_role
 
     image, *more = images
     problems: list[str] = []
     with _open_ds(image, (*more, *spans)) as volume:
         vms = list(find_vms(volume, problems))
+        role = oracle_vm_role(volume)
     if as_json:
-        echo_json(document(path=image, vms=[vm.to_dict() for vm in vms], problems=problems))
+        echo_json(document(path=image, oracle_vm=role, vms=[vm.to_dict() for vm in vms],
+                           problems=problems))
         return
+    if role:
+        click.echo(f"Oracle VM {role['role']} ({role['marker']})")
     rows = [[vm.kind, vm.name, vm.config, len(vm.disks), len(vm.snapshots),
              human(vm.capacity), human(vm.allocated)] for vm in vms]
     click.echo("\n".join(render_table(Table(

@@ -750,6 +750,11 @@ class Ocfs2Volume(Volume):
             except VmsiftError as e:
                 self.warn(f"{key}: {e}")
                 data[key] = None
+        for j in data["journals"] or []:
+            if j["dirty"]:
+                self.warn(f"journal of slot {j['slot']} is dirty: the volume is mounted or was "
+                          f"not cleanly unmounted; changes still only in the journal are not "
+                          f"shown (vmsift does not replay journals)")
         try:
             gb = self._system_file("global_bitmap")
             if gb is not None:
