@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -61,3 +62,50 @@ def mutate(data, raw: bytes, *, hot: int | None = None, rounds: int = 8) -> byte
         else:
             out[pos:pos + 4] = data.draw(st.integers(0, (1 << 32) - 1)).to_bytes(4, "little")
     return bytes(out)
+
+
+def data_runs(path: str | os.PathLike) -> list[tuple[int, int]]:
+    """(offset, length) of each data region of a sparse file, by SEEK_DATA / SEEK_HOLE."""
+    runs = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size, pos = os.fstat(fd).st_size, 0
+        while pos < size:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole after pos
+                break
+            pos = os.lseek(fd, data, os.SEEK_HOLE)
+            runs.append((data, pos - data))
+    finally:
+        os.close(fd)
+    return runs
+
+
+def stored_digest(path: str | os.PathLike) -> tuple[str, int]:
+    """sha256 over the data regions of a sparse file (with their offsets), and their bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for offset, length in data_runs(path):
+            fh.seek(offset)
+            h.update(offset.to_bytes(8, "little") + fh.read(length))
+    return h.hexdigest(), sum(n for _, n in data_runs(path))
+
+
+def sparse_copy(src: str | os.PathLike, dst: str | os.PathLike, offset: int = 0) -> None:
+    """Write ``src`` into ``dst`` (created if absent, never shortened) at ``offset``, copying
+    only its data regions: holes stay holes."""
+    size = os.path.getsize(src)
+    fi, fo = os.open(src, os.O_RDONLY), os.open(dst, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        if os.fstat(fo).st_size < offset + size:
+            os.ftruncate(fo, offset + size)
+        for at, left in data_runs(src):
+            while left:
+                n = os.copy_file_range(fi, fo, left, at, offset + at)
+                if n == 0:
+                    raise OSError(f"copy_file_range made no progress at {at} of {src}")
+                at, left = at + n, left - n
+    finally:
+        os.close(fi)
+        os.close(fo)

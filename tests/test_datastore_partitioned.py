@@ -5,14 +5,13 @@ copy of a real volume image (placed with its holes kept), then opened through `d
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import require_tool
+from tests.helpers import require_tool, sparse_copy
 from vmsift.datastore.detect import open_datastore
 from vmsift.datastore.vm import find_vms, oracle_vm_role
 
@@ -24,25 +23,6 @@ MD5_BIG = "3b777288e746b621d923226d76aefff1"  # `big` on the ESXi-made images (r
 def vmsift(*args):
     return subprocess.run([sys.executable, "-m", "vmsift", *map(str, args)],
                           capture_output=True, text=True, timeout=120)
-
-
-def place(volume: Path, disk: Path, offset: int, tail: int = MiB) -> None:
-    """Write ``volume`` into ``disk`` at ``offset``, copying only its data (holes stay holes)."""
-    size = volume.stat().st_size
-    with open(volume, "rb") as src, open(disk, "r+b") as dst:
-        dst.truncate(offset + size + tail)
-        pos = 0
-        while pos < size:
-            try:
-                data = os.lseek(src.fileno(), pos, os.SEEK_DATA)
-            except OSError:  # ENXIO: no data after pos
-                break
-            hole = os.lseek(src.fileno(), data, os.SEEK_HOLE)
-            left, at = hole - data, data
-            while left:
-                n = os.copy_file_range(src.fileno(), dst.fileno(), left, at, offset + at)
-                left, at = left - n, at + n
-            pos = hole
 
 
 def partitioned(volume: Path, out: Path, table: str, type_: str, start: int = MiB) -> Path:
@@ -60,7 +40,7 @@ def partitioned(volume: Path, out: Path, table: str, type_: str, start: int = Mi
         require_tool("sgdisk")
         subprocess.run(["sgdisk", f"-n=1:{start // 512}:{start // 512 + sectors - 1}",
                         f"-t=1:{type_}", str(out)], check=True, capture_output=True)
-    place(volume, out, start)
+    sparse_copy(volume, out, start)
     return out
 
 

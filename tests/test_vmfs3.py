@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import vmfs3_writer as W
-from tests.helpers import missing, require_tool
+from tests.helpers import missing, require_tool, stored_digest
 from vmsift.datastore import vmfs as V
 from vmsift.datastore.detect import open_datastore
 from vmsift.datastore.disk import open_disk
@@ -250,31 +250,13 @@ def test_corrupt_descriptor_magic(tmp_path):
     assert r.returncode not in (0, 70) and b"magic" in r.stderr and b"Traceback" not in r.stderr
 
 
-def _data_digest(path: Path) -> tuple[str, int]:
-    """sha256 over the data regions of a sparse file, and how many bytes they hold."""
-    h, stored = hashlib.sha256(), 0
-    with open(path, "rb") as fh:
-        pos, size = 0, os.path.getsize(path)
-        while pos < size:
-            try:
-                data = os.lseek(fh.fileno(), pos, os.SEEK_DATA)
-            except OSError:
-                break
-            hole = os.lseek(fh.fileno(), data, os.SEEK_HOLE)
-            fh.seek(data)
-            h.update(data.to_bytes(8, "little") + fh.read(hole - data))
-            stored += hole - data
-            pos = hole
-    return h.hexdigest(), stored
-
-
 def test_writer_is_deterministic(tmp_path):
     """The same bytes twice, and a sparse image: metadata and data only (well under 64 MiB
     stored for a 2 GiB volume)."""
     digests = []
     for n in ("a", "b"):
         _write(tmp_path / n, "basic-8m")
-        digests.append(_data_digest(tmp_path / n))
+        digests.append(stored_digest(tmp_path / n))
         (tmp_path / n).unlink()
     assert digests[0] == digests[1] and digests[0][1] < 64 * MIB
 
