@@ -488,3 +488,115 @@ def test_vmfs6_debugvmfs6_heartbeats(vmfs6_locked):
     assert sorted(blocks) == ["0x301000", "0x340000"]
     assert W.HOST6_B.uuid_str in blocks["0x301000"] and "0x0000000b" in blocks["0x301000"]
     assert W.HOST6_C.uuid_str not in out  # the stale host is not shown
+
+
+# --- VMFS6: a file in large file blocks (LFBs) ---------------------------------------------------
+
+LFB = W.LFB
+# reads across LFB boundaries (data -> TBZ -> data -> hole), inside the stale TBZ LFB, at the EOF
+LFB_READS = [(0, 4096), (300 * MIB + 10, 100), (LFB - 100, 200), (LFB + 200 * MIB, 4096),
+             (2 * LFB - 7, 14), (2 * LFB + 123 * MIB, 4000), (3 * LFB - 10, 20),
+             (W.LFB_SIZE - 50, 100)]
+
+
+@pytest.fixture(scope="module")
+def vmfs6_lfb(cache_dir):
+    return W.build_vmfs6_lfb(cache_dir)
+
+
+def test_vmfs6_lfb_vmsift(vmfs6_lfb):
+    from vmsift.formats.vmfs import fs as F
+    with open_datastore([str(vmfs6_lfb)]) as v:
+        info = v.info()
+        assert info.data["fs"]["capacity"] == 7 * LFB and info.data["fs"]["large_block_size"] == LFB
+        assert info.data["lvm"]["size"] == 7 * LFB
+        fbb = next(r for r in info.data["resources"] if r["kind"] == "fbb")
+        assert (fbb["num_resources"], fbb["resource_size"]) == (7, 8192)
+        st = v.stat(W.LFB_PATH)
+        ex = st.extra
+        assert st.size == W.LFB_SIZE and st.allocated == 3 * LFB
+        assert (ex["zla"], ex["block_size"], ex["large_file_blocks"]) == ("file_block", LFB, 3)
+        assert (ex["num_blocks"], ex["tbz_blocks"], ex["pointer_blocks"]) == (3, 1, 0)
+        fd = v.fs.fd(int(ex["fd_address"], 16))
+        assert fd.shift == 29 and fd.ptrs[:5] == (W.lfb_addr(4), W.lfb_addr(5, 0xFF),
+                                                  W.lfb_addr(6), 0, 0)
+        assert [F.lfb_parts(p) for p in fd.ptrs[:3]] == [(4, 0), (5, 0xFF), (6, 0)]
+        src = v.open(W.LFB_PATH)
+        assert [(r.offset, r.length, r.kind) for r in src.extents()] == [
+            (0, LFB, Alloc.DATA), (LFB, LFB, Alloc.ZERO), (2 * LFB, LFB, Alloc.DATA),
+            (3 * LFB, W.LFB_SIZE - 3 * LFB, Alloc.HOLE)]
+        # where each LFB lies on the LV: block number x 512 MiB
+        runs = [(o, n, lv) for o, n, k, lv in v.fs._runs(fd, 0, W.LFB_SIZE) if k is Alloc.DATA]
+        assert runs == [(0, LFB, 4 * LFB), (2 * LFB, LFB, 6 * LFB)]
+        for off, n in LFB_READS:
+            assert src.read(off, n) == W.lfb_read(off, n), off
+        assert _md5_source(src, W.LFB_SIZE) == W.lfb_md5()
+        # the template's other files are untouched
+        assert _md5_source(v.open("bigger"), 128 * MIB) == "12ef08c26a69dc12545d4906cf57d004"
+        assert v.open("directory/file41").read(0, 100) == b"File 41\n"
+
+
+def test_vmfs6_lfb_dissect(vmfs6_lfb):
+    try:
+        from dissect.vmfs import lvm as dlvm, vmfs as dvmfs
+        from dissect.vmfs.address import LargeFileBlockAddr
+        from dissect.vmfs.c_vmfs import FS3_ZeroLevelAddrType as Z
+    except ImportError:
+        missing("dissect.vmfs (pip install dissect.vmfs)")
+    with open(vmfs6_lfb, "rb") as fh:
+        fs = dvmfs.VMFS(dlvm.LVM(fh).volumes[0].open())
+        assert fs.resources.LFB.metadata.numResourcesLo == 7
+        fd = fs.get("/" + W.LFB_PATH)
+        assert (fd.zla, fd.block_size, fd.size) == (Z.FILE_BLOCK, LFB, W.LFB_SIZE)
+        assert (fd.metadata.numLFB, fd.metadata.numBlocks, fd.metadata.numTBZBlocksLo) == (3, 3, 1)
+        addrs = [LargeFileBlockAddr(b) for b in fd.blocks[:3]]
+        assert [(a.block, a.tbz) for a in addrs] == [(4, 0), (5, 0xFF), (6, 0)]
+        assert fs.resources.LFB.resolve_address(fd.blocks[2]) == 6 * LFB
+        stream = fd.open()
+        # dissect reads whole 512 MiB blocks (its stream aligns to the file's block size): a
+        # few probes in file order, not a full md5
+        for off, n in LFB_READS:
+            stream.seek(off)
+            assert stream.read(n) == W.lfb_read(off, n), off
+        for slot, off, n in W.LFB_PIECES:
+            stream.seek(slot * LFB + off)
+            assert stream.read(n) == W.lfb_piece(slot, off, n), (slot, off)
+
+
+def _debugvmfs6_expected(offset: int, length: int) -> bytes:
+    """What debugvmfs6 returns: the file, except the to-be-zeroed LFB shows its stale bytes."""
+    out = bytearray(W.lfb_read(offset, length))
+    for block, off, n in W.LFB_STALE:
+        lo = LFB + off  # LFB 5 is the file's second slot
+        a, b = max(lo, offset), min(lo + n, offset + len(out))
+        if a < b:
+            stale = b"STALE!" * (n // 6) + b"S" * (n % 6)
+            out[a - offset:b - offset] = stale[a - lo:b - lo]
+    return bytes(out)
+
+
+def test_vmfs6_lfb_debugvmfs6(vmfs6_lfb):
+    """debugvmfs6 (vmfs6-tools 0.2.1) reads LFBs at block x 512 MiB like vmsift and dissect,
+    but takes the to-be-zeroed flag from address bit 5 (the VMFS5 position; its header says
+    the file-block layout was "not actually updated for vmfs6"), where VMFS6 has the COW bit
+    and the TBZ bitmap is bits 7-14 (dissect, from ESXi's own address printer). So it returns
+    the stale bytes of the TBZ LFB; everything else agrees byte for byte."""
+    tool = require_tool("debugvmfs6")
+    listing = subprocess.run([tool, str(vmfs6_lfb), "ls", "-l", "/directory"], check=True,
+                             capture_output=True, timeout=120).stdout.decode()
+    assert next(ln for ln in listing.splitlines() if ln.endswith(" file42")).split()[4] == str(
+        W.LFB_SIZE)
+    lvm = subprocess.run([tool, str(vmfs6_lfb), "show", "lvm"], capture_output=True,
+                         timeout=120).stdout.decode()
+    assert "Size: 3.50 GiB" in lvm
+    proc = subprocess.Popen([tool, str(vmfs6_lfb), "cat", "/" + W.LFB_PATH],
+                            stdout=subprocess.PIPE)
+    assert proc.stdout.read(16) == b"VMFS version: 6\n"
+    off = 0
+    while chunk := proc.stdout.read(64 * MIB):  # byte for byte, 64 MiB at a time
+        assert chunk == _debugvmfs6_expected(off, len(chunk)), off
+        off += len(chunk)
+    assert proc.wait(timeout=120) == 0 and off == W.LFB_SIZE
+    # the only difference from the true contents: the stale bytes of the TBZ LFB
+    for _, o, n in W.LFB_STALE:
+        assert _debugvmfs6_expected(LFB + o, n) != W.lfb_read(LFB + o, n) == bytes(n)
