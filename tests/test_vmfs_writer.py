@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import vmfs_writer as W
-from tests.helpers import missing, require_tool
+from tests.helpers import missing, require_tool, sparse_copy, stored_digest
 from vmsift.datastore import vmfs as V
 from vmsift.datastore.detect import open_datastore
 from vmsift.datastore.disk import open_disk
@@ -164,25 +164,6 @@ def spec_work(built) -> Path:
     return built[0].parent / "work"
 
 
-def _data_digest(path: Path) -> str:
-    """sha256 over the data regions of a sparse file."""
-    import os
-    h = hashlib.sha256()
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        pos = 0
-        while pos < size:
-            try:
-                data = os.lseek(fh.fileno(), pos, os.SEEK_DATA)
-            except OSError:
-                break
-            hole = os.lseek(fh.fileno(), data, os.SEEK_HOLE)
-            fh.seek(data)
-            h.update(data.to_bytes(8, "little") + fh.read(hole - data))
-            pos = hole
-    return h.hexdigest()
-
-
 def test_writer_is_deterministic(cache_dir, tmp_path):
     """Writing the basic spec twice gives the same bytes, and the allocation bitmaps say the
     new objects are in use."""
@@ -190,10 +171,10 @@ def test_writer_is_deterministic(cache_dir, tmp_path):
     digests = []
     for name in ("one", "two"):
         out = tmp_path / f"{name}.img"
-        W._sparse_copy(src, out)
+        sparse_copy(src, out)
         with open(out, "r+b") as fh:
             W.Writer(fh).apply(W.spec_basic())
-        digests.append(_data_digest(out))
+        digests.append(stored_digest(out))
         if name == "one":
             with open(out, "rb") as fh:
                 fdc = W._ResourceFile(W._Image(fh), W.SYSFILES["fdc"])
