@@ -1,10 +1,13 @@
-"""Test helpers: where the public samples live, and tools that must exist under CI."""
+"""Test helpers: where the public samples live, tools that must exist under CI, the CLI in a
+child process, and damage and sparse-file helpers."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,6 +37,12 @@ def sample(name: str) -> Path:
     if not path.exists():
         missing(f"sample {path}")
     return path
+
+
+def vmsift(*args, timeout: int = 300) -> subprocess.CompletedProcess:
+    """The CLI run as a user runs it, in a child process; text output."""
+    return subprocess.run([sys.executable, "-m", "vmsift", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def mutate(data, raw: bytes, *, hot: int | None = None, rounds: int = 8) -> bytes:

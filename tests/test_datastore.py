@@ -3,11 +3,10 @@
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
-from tests.helpers import require_tool
+from tests.helpers import require_tool, vmsift
 from vmsift.datastore.detect import open_datastore
 from vmsift.datastore.extract import extract
 from vmsift.datastore.vm import find_vms
@@ -21,10 +20,6 @@ REPO = "0004fb0000030000aeaca859e4a8f8c0"
 def run(*args, cwd=None):
     return subprocess.run(args, check=True, capture_output=True, text=True, cwd=cwd).stdout
 
-
-def vmsift(*args):
-    return subprocess.run([sys.executable, "-m", "vmsift", *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture(scope="module")

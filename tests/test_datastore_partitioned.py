@@ -6,12 +6,11 @@ copy of a real volume image (placed with its holes kept), then opened through `d
 import hashlib
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import require_tool, sparse_copy
+from tests.helpers import require_tool, sparse_copy, vmsift
 from vmsift.datastore.detect import open_datastore
 from vmsift.datastore.vm import find_vms, oracle_vm_role
 
@@ -19,10 +18,6 @@ MiB = 1 << 20
 VMFS_GPT_TYPE = "AA31E02A-400F-11DB-9590-000C2911D1B8"  # "VMware VMFS" (sgdisk code fb00)
 MD5_BIG = "3b777288e746b621d923226d76aefff1"  # `big` on the ESXi-made images (research notes)
 
-
-def vmsift(*args):
-    return subprocess.run([sys.executable, "-m", "vmsift", *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
 
 
 def partitioned(volume: Path, out: Path, table: str, type_: str, start: int = MiB) -> Path:

@@ -2,12 +2,11 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import require_tool
+from tests.helpers import require_tool, vmsift
 from vmsift.datastore.disk import describe, open_disk
 from vmsift.datastore.export import export_raw
 from vmsift.datastore.folder import FolderVolume
@@ -250,10 +249,6 @@ def test_salvage_reads_truncated_sparse_as_zeros(disks, tmp_path):
         damaged = disk.chain[0].source.damaged
     assert len(damaged) == 1 and "read as zeros" in damaged[0] and "cut.vmdk" in damaged[0]
 
-
-def vmsift(*args):
-    return subprocess.run([sys.executable, "-m", "vmsift", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
 
 
 def test_cli_disk_commands(disks, tmp_path):

@@ -14,13 +14,12 @@ import hashlib
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures import ocfs2_kernel as ok
-from tests.helpers import missing, require_tool
+from tests.helpers import missing, require_tool, vmsift
 
 NAMES = [s.name for s in ok.SPECS]
 SPEC = {s.name: s for s in ok.SPECS}
@@ -46,10 +45,6 @@ def special(cache_dir: Path) -> dict[str, ok.KernelImage]:
     """orphan4k and ovspoolfs (built in the same run as the standard images)."""
     return _build(ok.build_special_images, cache_dir)
 
-
-def vmsift(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vmsift", *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
 
 
 def vmsift_json(*args) -> dict:

@@ -3,6 +3,7 @@ debugvmfs) accept its images, and vmsift reads everything back, locks and heartb
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import subprocess
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import vmfs_writer as W
-from tests.helpers import missing, require_tool, sparse_copy, stored_digest
+from tests.helpers import missing, require_tool, sparse_copy, stored_digest, vmsift
 from vmsift.datastore import vmfs as V
 from vmsift.datastore.detect import open_datastore
 from vmsift.datastore.disk import open_disk
@@ -136,6 +137,20 @@ def test_vmsift_heartbeats_and_locks(vol):
     free = vol.stat("data/medium.bin").extra["lock"]
     assert not free["held"] and free["mode"] == "free"
     assert vol.stat("vm1/vm1.vmdk").extra["lock"]["mode"] == "read-only"
+
+
+def test_cli_stat_text(built):
+    """`ds stat` for people: permissions as in ls, UTC times, the lock and its holders."""
+    run = lambda p: vmsift("ds", "stat", built[0], p).stdout  # noqa: E731
+    when = dt.datetime.fromtimestamp(W.MTIME, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    lines = run("locked-multi.vmdk").splitlines()
+    assert "mode             0644 (rw-r--r--)" in lines
+    assert f"mtime            {when}" in lines
+    holders = [i for i, line in enumerate(lines) if line.startswith("  holders[")]
+    assert len(holders) == 2 and lines[holders[1] + 3].split() == ["host_uuid",
+                                                                   W.HOST_C.uuid_str]
+    assert "  mode                  multi-writer" in lines and "  held                  yes" in lines
+    assert "mode             0777 (rwxrwxrwx)" in run("data/link").splitlines()
 
 
 def test_vm_folder(built, vol, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import posixpath
+import stat as stat_mod
 
 import click
 
@@ -116,11 +117,50 @@ def ds_stat(image: str, spans: tuple[str, ...], path: str, as_json: bool) -> Non
     if as_json:
         echo_json(document(**st.to_dict()))
         return
-    for key, value in st.to_dict().items():
-        if key != "extra" and value is not None:
-            click.echo(f"{key:15} {value}")
-    for key, value in st.extra.items():
-        click.echo(f"{key:15} {value}")
+    facts = st.to_dict()
+    facts.update(facts.pop("extra"))
+    click.echo("\n".join(_stat_lines(facts)))
+
+
+_TIME_KEYS = ("mtime", "ctime", "atime", "dtime")
+
+
+def _when(seconds: float) -> str:
+    """A POSIX time as UTC, with microseconds where the volume records them."""
+    when = dt.datetime.fromtimestamp(seconds, dt.timezone.utc)
+    return when.strftime("%Y-%m-%d %H:%M:%S" + (".%f" if when.microsecond else "") + " UTC")
+
+
+def _stat_value(key: str, value) -> str:
+    """One stat fact for people: permissions as in ls, times in UTC, sizes with units."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "-"
+    if isinstance(value, int) and key in ("mode", "raw_mode"):
+        return f"{value & 0o7777:04o} ({stat_mod.filemode(value)[1:]})"
+    if isinstance(value, (int, float)) and key in _TIME_KEYS and value > 0:
+        return _when(value)
+    if isinstance(value, int) and key in ("size", "allocated", "unwritten_bytes") and value >= 1024:
+        return f"{value} ({human(value)})"
+    return str(value)
+
+
+def _stat_lines(facts: dict, indent: str = "") -> list[str]:
+    """``key  value`` lines; a nested mapping (lock, RDM, index ...) or list of them (lock
+    holders) indented below its key."""
+    shown = {k: v for k, v in facts.items() if v is not None}
+    width = max((len(k) for k in shown), default=0)
+    lines = []
+    for key, value in shown.items():
+        if isinstance(value, dict):
+            lines += [f"{indent}{key}", *_stat_lines(value, indent + "  ")]
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for i, item in enumerate(value):
+                lines += [f"{indent}{key}[{i}]", *_stat_lines(item, indent + "  ")]
+        else:
+            lines.append(f"{indent}{key.ljust(width)}  {_stat_value(key, value)}")
+    return lines
 
 
 @ds.command("cat")
