@@ -78,3 +78,11 @@ def test_usage_error_exit_code():
 def test_version():
     out = vmsift("--version")
     assert out.returncode == 0 and "vmsift" in out.stdout
+
+
+def test_sizes_for_people():
+    from vmsift.report import human_size, size_field
+
+    assert [human_size(n) for n in (None, 0, 1023, 1024, 1_207_959_552, 1258291200)] == [
+        "-", "0 bytes", "1023 bytes", "1 KiB", "1.125 GiB", "1.172 GiB"]
+    assert size_field(5) == "5 bytes" and size_field(2 << 30) == "2147483648 (2 GiB)"

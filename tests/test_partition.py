@@ -653,6 +653,6 @@ def test_absurd_fields_stay_bounded():
 def test_report_rows_are_readable(images):
     with FileSource(images / "mbr.img") as src:
         rows = P.inspect(src).tables[0].rows
-    assert rows[1] == [2, "primary", 10240, 26623, 16384, "8.0 MiB", "VMware VMFS", "0xfb", "",
+    assert rows[1] == [2, "primary", 10240, 26623, 16384, "8 MiB", "VMware VMFS", "0xfb", "",
                        ""]
     assert rows[0][-1] == "boot"

@@ -10,6 +10,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def human_size(n: float | None) -> str:
+    """A byte count for people, four significant digits: ``512 bytes``, ``1.125 GiB`` (``-``
+    when unknown)."""
+    if n is None:
+        return "-"
+    if n < 1024:
+        return f"{n:.0f} bytes"
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        n /= 1024
+        if n < 1024 or unit == "PiB":
+            break
+    return f"{n:.4g} {unit}"
+
+
+def size_field(n: int) -> str:
+    """A byte count exact and for people, for report fields: ``1258291200 (1.2 GiB)``."""
+    return f"{n} ({human_size(n)})" if n >= 1024 else f"{n} bytes"
+
+
 @dataclass
 class Table:
     """A titled table of rows; cells are plain values (str, int, bool, None)."""

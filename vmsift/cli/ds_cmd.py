@@ -10,9 +10,9 @@ import stat as stat_mod
 import click
 
 from ..errors import VmsiftError
-from ..report import Table
+from ..report import Table, human_size, size_field
 from .app import cli
-from .render import document, echo_json, human, print_report, render_table
+from .render import document, echo_json, print_report, render_table
 
 
 @cli.group()
@@ -101,7 +101,7 @@ def ds_ls(image: str, spans: tuple[str, ...], path: str, long: bool, deleted: bo
             when = dt.datetime.fromtimestamp(st.mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
         link = f" -> {st.symlink_target}" if st and st.symlink_target else ""
         lines.append(f"{e.type.value:7} {st.size if st else '-':>15} "
-                     f"{human(st.allocated) if st else '-':>10}  {when}  {e.name}{link}{mark}")
+                     f"{human_size(st.allocated) if st else '-':>10}  {when}  {e.name}{link}{mark}")
     if lines:
         click.echo("\n".join(lines))
 
@@ -141,8 +141,8 @@ def _stat_value(key: str, value) -> str:
         return f"{value & 0o7777:04o} ({stat_mod.filemode(value)[1:]})"
     if isinstance(value, (int, float)) and key in _TIME_KEYS and value > 0:
         return _when(value)
-    if isinstance(value, int) and key in ("size", "allocated", "unwritten_bytes") and value >= 1024:
-        return f"{value} ({human(value)})"
+    if isinstance(value, int) and key in ("size", "allocated", "unwritten_bytes"):
+        return size_field(value)
     return str(value)
 
 
@@ -210,7 +210,7 @@ def ds_vms(images: tuple[str, ...], spans: tuple[str, ...], as_json: bool) -> No
     if role:
         click.echo(f"Oracle VM {role['role']} ({role['marker']})")
     rows = [[vm.kind, vm.name, vm.config, len(vm.disks), len(vm.snapshots),
-             human(vm.capacity), human(vm.allocated)] for vm in vms]
+             human_size(vm.capacity), human_size(vm.allocated)] for vm in vms]
     click.echo("\n".join(render_table(Table(
         "virtual machines", ["kind", "name", "config", "disks", "snapshots", "capacity",
                              "allocated"], rows))))
@@ -219,7 +219,7 @@ def ds_vms(images: tuple[str, ...], spans: tuple[str, ...], as_json: bool) -> No
         for d in vm.disks:
             problem = f"  [{d.problem}]" if d.problem else ""
             click.echo(f"  {d.device}: {d.path or '-'} {d.mode or ''} "
-                       f"{human(d.capacity)} ({human(d.allocated)} stored, "
+                       f"{human_size(d.capacity)} ({human_size(d.allocated)} stored, "
                        f"{len(d.chain)} file(s)){problem}")
         for snap in vm.snapshots:
             mark = " (current)" if snap["uid"] == vm.current_snapshot else ""

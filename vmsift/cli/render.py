@@ -30,13 +30,14 @@ def report_document(path: str, report: Report) -> dict[str, Any]:
                     detected_by=report.detected_by, data=report.data, warnings=report.warnings)
 
 
-def cell(value: Any) -> str:
+def cell(value: Any, limit: int | None = MAX_CELL) -> str:
+    """A value on one line: ``-`` for none, yes/no, cut to ``limit`` characters (tables)."""
     if value is None:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
     text = str(value).replace("\n", "\\n")
-    return text if len(text) <= MAX_CELL else text[:MAX_CELL - 1] + "…"
+    return text if limit is None or len(text) <= limit else text[:limit - 1] + "…"
 
 
 def render_table(table: Table) -> list[str]:
@@ -53,7 +54,7 @@ def render_text(path: str, report: Report) -> str:
     lines = [f"{path}: {report.title}"]
     shown = {k: v for k, v in report.fields.items() if v is not None}
     width = max((len(k) for k in shown), default=0)
-    lines += [f"  {k.ljust(width)}  {cell(v)}" for k, v in shown.items()]
+    lines += [f"  {k.ljust(width)}  {cell(v, limit=None)}" for k, v in shown.items()]
     for table in report.tables:
         lines += ["", *render_table(table)]
     return "\n".join(lines)
@@ -82,13 +83,3 @@ def print_report(path: str, report: Report, as_json: bool) -> None:
 def error_document(error: VmsiftError) -> dict[str, Any]:
     return {"class": type(error).__name__, "message": str(error), "exit_code": error.exit_code}
 
-
-def human(n: float | None) -> str:
-    """A byte count for people: 1.5 GiB."""
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)

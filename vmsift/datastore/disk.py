@@ -18,7 +18,7 @@ from ..errors import ChainError, FormatError, UnsupportedError
 from ..formats import partition
 from ..formats.vmdk import cowd, sesparse, sparse
 from ..formats.vmdk import descriptor as desc_mod
-from ..report import Report, Table
+from ..report import Report, Table, size_field
 from ..source import (ByteSource, ConcatSource, OverlaySource, Run, SliceSource,
                       UnavailableSource, ZeroSource)
 from .volume import Volume
@@ -268,7 +268,7 @@ def describe(disk: VirtualDisk) -> Report:
             "adapter": ddb.get("adapterType"), "geometry": geometry,
             "hardware_version": ddb.get("virtualHWVersion"), "uuid": ddb.get("uuid"),
             "change_track_path": top.descriptor.change_track_path}
-    fields = {"capacity": f"{disk.size} bytes", "chain length": len(links),
+    fields = {"capacity": size_field(disk.size), "chain length": len(links),
               "adapter": data["adapter"],
               "geometry": "/".join(str(v) for v in geometry.values()) if any(geometry.values())
               else None,

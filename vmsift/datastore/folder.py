@@ -6,7 +6,7 @@ import os
 import stat as stat_mod
 
 from ..errors import ChainError, SourceError
-from ..report import Report
+from ..report import Report, size_field
 from ..source import ByteSource, FileSource
 from .volume import DirEntry, FileStat, FileType, Volume, normalize
 
@@ -36,7 +36,8 @@ class FolderVolume(Volume):
                 "capacity": usage.f_blocks * usage.f_frsize,
                 "free": usage.f_bavail * usage.f_frsize}
         return Report("folder", "plain folder (NFS datastore or a copy)", data,
-                      {"path": self.root, "capacity": data["capacity"], "free": data["free"]})
+                      {"path": self.root, "capacity": size_field(data["capacity"]),
+                       "free": size_field(data["free"])})
 
     def listdir(self, path: str = "", *, deleted: bool = False) -> list[DirEntry]:
         full = self._host_path(path)

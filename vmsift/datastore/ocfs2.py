@@ -30,7 +30,7 @@ from ..formats.ocfs2.flags import (JOURNAL_DIRTY, STACK_GLOBAL_HEARTBEAT,
 from ..formats.ocfs2.records import (BLOCK_SIZES, SUPERBLOCK_BLKNO, Inode, RawDirEntry,
                                      Superblock, iter_dirents, parse_extent_list,
                                      parse_inode, parse_superblock)
-from ..report import Report, Table
+from ..report import Report, Table, size_field
 from ..source import Alloc, ByteSource, Run, clip, merge_runs
 from .volume import DirEntry, FileStat, FileType, LruCache, Volume, normalize
 
@@ -768,13 +768,13 @@ class Ocfs2Volume(Volume):
         stack = data["cluster_stack"]
         fields = {"label": sb.label, "uuid": sb.uuid, "version": data["version"],
                   "block size": sb.block_size, "cluster size": sb.cluster_size,
-                  "capacity": self.volume_bytes, "max slots": sb.max_slots,
+                  "capacity": size_field(self.volume_bytes), "max slots": sb.max_slots,
                   "mount": stack["mode"],
                   "cluster stack": stack.get("stack"), "cluster name": stack.get("cluster"),
                   "features": " ".join(sum(data["features"].values(), [])),
                   "metaecc": self.metaecc}
         if "free_clusters" in data:
-            fields["free"] = data["free_clusters"] * sb.cluster_size
+            fields["free"] = size_field(data["free_clusters"] * sb.cluster_size)
         tables = []
         if data["slot_map"]:
             tables.append(Table("slot map", ["slot", "valid", "node"],

@@ -23,7 +23,7 @@ from ..errors import FormatError, LimitError, UnsupportedError, VmsiftError, che
 from ..formats.vmfs import fs as F
 from ..formats.vmfs import lvm as L
 from ..formats.vmfs.resource import HEADER_SIZE, ResourceGeometry
-from ..report import Report, Table
+from ..report import Report, Table, size_field
 from ..source import Alloc, ByteSource, Run, clip, merge_runs
 from .vmfs_lvm import assemble
 from .volume import DirEntry, FileStat, FileType, LruCache, Volume, normalize
@@ -692,7 +692,7 @@ class VmfsVolume(Volume):
         data = {"kind": KIND, "fs": fsd, "lvm": self.lvm, "heartbeats": hbs, "resources": res,
                 "warnings": self.warnings + fs.warnings}
         fields = {"version": version, "label": fs.label, "uuid": fs.uuid,
-                  "capacity": fs.lv.size, "block size": fs.fbs, "sub-block size": fs.sbs,
+                  "capacity": size_field(fs.lv.size), "block size": fs.fbs, "sub-block size": fs.sbs,
                   "live hosts": sum(h["state"] == "live" for h in hbs)}
         if self.lvm:
             fields["LV"] = self.lvm["lv_uuid"]

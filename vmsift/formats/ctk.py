@@ -31,7 +31,7 @@ from typing import Any
 from construct import Bytes, Int32ul, Int64ul, Struct
 
 from ..errors import FormatError, LimitError, TruncatedError
-from ..report import Report, Table
+from ..report import Report, Table, human_size
 from ..source import ByteSource
 
 KIND = "ctk"
@@ -293,14 +293,6 @@ def table_stats(ctk: Ctk) -> TableStats:
     return st
 
 
-def _size(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
-            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def inspect(src: ByteSource) -> Report:
     ctk = read(src, strict=False)
     warnings = list(ctk.warnings)
@@ -341,13 +333,13 @@ def inspect(src: ByteSource) -> Report:
         "layout": "consistent with the hypothesis (see docs/formats/ctk.md)"
         if ctk.layout_consistent else "NOT understood; raw header only",
         "version": ctk.version,
-        "disk size (hypothesis)": f"{_size(ctk.disk_size)} ({ctk.disk_sectors} sectors)",
-        "block size (hypothesis)": f"{_size(ctk.block_size)} x {ctk.block_count} blocks",
+        "disk size (hypothesis)": f"{human_size(ctk.disk_size)} ({ctk.disk_sectors} sectors)",
+        "block size (hypothesis)": f"{human_size(ctk.block_size)} x {ctk.block_count} blocks",
         "change id (hypothesis)": ctk.change_id,
     }
     if stats is not None:
         fields["changed blocks"] = (f"{stats.changed_blocks} of {ctk.block_count} "
-                                    f"({_size(changed_bytes)})")
+                                    f"({human_size(changed_bytes)})")
         fields["sequences"] = (f"{stats.min_nonzero_seq}..{stats.max_seq}"
                                if stats.changed_blocks else "none")
     tables = [Table("changed ranges (sequence > 0)", ["offset", "length"],

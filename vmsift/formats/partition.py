@@ -17,7 +17,7 @@ from typing import Any
 from construct import Array, Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Struct
 
 from ..errors import FormatError, LimitError
-from ..report import Report, Table
+from ..report import Report, Table, human_size
 from ..source import ByteSource, SliceSource
 
 KIND = "partition-table"
@@ -691,17 +691,6 @@ def sniff(head: bytes) -> bool:
         return False
 
 
-def _human(size: int) -> str:
-    if size < 1024:
-        return f"{size} bytes"
-    value = float(size)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        value /= 1024
-        if value < 1024 or unit == "TiB":
-            break
-    return f"{value:.1f} {unit}"
-
-
 def inspect(src: ByteSource) -> Report:
     table = read_table(src)
     if table.kind is None:
@@ -717,7 +706,7 @@ def inspect(src: ByteSource) -> Report:
         fields["usable LBAs"] = f"{table.gpt.first_usable_lba}-{table.gpt.last_usable_lba}"
         if table.mbr and table.mbr.hybrid:
             fields["hybrid MBR"] = True
-    rows = [[p.index, p.role, p.first_lba, p.last_lba, p.sectors, _human(p.size),
+    rows = [[p.index, p.role, p.first_lba, p.last_lba, p.sectors, human_size(p.size),
              p.type_name, f"0x{p.type_id:02x}" if p.type_guid is None else p.type_guid,
              p.name or "", "boot" if p.bootable else ""] for p in table.partitions]
     tables = [Table("Partitions", ["#", "role", "first LBA", "last LBA", "sectors", "size",

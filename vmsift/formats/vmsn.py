@@ -28,7 +28,7 @@ from construct import Bytes, Int16ul, Int32ul, Int64ul, Struct
 
 from ..errors import (FormatError, LimitError, TruncatedError, UnsupportedError, VmsiftError,
                       check_limit)
-from ..report import Report, Table
+from ..report import Report, Table, human_size
 from ..source import ByteSource, SliceSource
 from . import dictfile
 
@@ -568,13 +568,6 @@ def checkpoint_state(cp: Checkpoint, name: str = "") -> str:
 
 # --- report ---------------------------------------------------------------------------------
 
-def _bytes(n: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift:
-            return f"{n / (1 << shift):.4g} {unit}"
-    return f"{n} bytes"
-
-
 def inspect(src: ByteSource) -> Report:
     cp = read(src, strict=False)
     warnings = list(cp.warnings)
@@ -605,7 +598,7 @@ def inspect(src: ByteSource) -> Report:
             where = (f"embedded Memory block @ {mm.block.data_offset:#x}"
                      + (" (compressed)" if mm.block.type is TagType.COMPRESSED else ""))
         layout = f"{len(mm.regions)} regions" if not mm.linear else "linear"
-        fields["memory"] = (f"{_bytes(size)}, " if size is not None else "") + \
+        fields["memory"] = (f"{human_size(size)}, " if size is not None else "") + \
             f"{layout}, {where}"
     fields["embedded config"] = config is not None
     if config is not None:
