@@ -20,7 +20,7 @@ from tests.helpers import missing, mutate, require_tool
 from vmsift.datastore import ocfs2
 from vmsift.datastore.ocfs2 import Ocfs2Volume
 from vmsift.datastore.volume import FileType
-from vmsift.errors import FormatError, TruncatedError, UnsupportedError, VmsiftError
+from vmsift.errors import FormatError, SourceError, TruncatedError, UnsupportedError, VmsiftError
 from vmsift.formats import ocfs2 as ocfs2_format
 from vmsift.formats.ocfs2.checksum import heartbeat_crc, metaecc_crc, stored_crc
 from vmsift.source import Alloc, ByteSource, BytesSource, FileSource, clip
@@ -333,6 +333,19 @@ def test_extent_tree_depth_must_decrease(mkfs_images, tmp_path):
         f.write(struct.pack("<IIQ", 0, 1024, free[0]))
     with Ocfs2Volume(FileSource(img)) as v, pytest.raises(FormatError, match="depth"):
         v.open("//journal:0000")
+
+
+def test_wrong_paths_are_source_errors(mkfs_images):
+    """A path that is not there, or not of the kind asked for, is the caller's (exit 6)."""
+    with vol(mkfs_images["b1k-c4k-default"]) as v:
+        for call, arg, message in [(v.open, "lost+found", "not a regular file"),
+                                   (v.stat, "nope", "no such file: 'nope'"),
+                                   (v.listdir, "//journal:0000", "not a directory"),
+                                   (v.stat, "//journal:0000/x", "not a directory"),
+                                   (v.readlink, "lost+found", "not a symbolic link")]:
+            with pytest.raises(SourceError, match=message) as err:
+                call(arg)
+            assert err.value.exit_code == 6
 
 
 def test_corrupt_superblock(mkfs_images, tmp_path):

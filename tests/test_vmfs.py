@@ -18,7 +18,8 @@ from tests.helpers import missing, mutate, require_tool
 from vmsift.datastore import vmfs as V
 from vmsift.datastore.vmfs_lvm import assemble
 from vmsift.datastore.volume import FileType
-from vmsift.errors import FormatError, LimitError, TruncatedError, UnsupportedError, VmsiftError
+from vmsift.errors import (FormatError, LimitError, SourceError, TruncatedError, UnsupportedError,
+                           VmsiftError)
 from vmsift.formats.vmfs import fs as F
 from vmsift.formats.vmfs import lvm as L
 from vmsift.source import Alloc, ByteSource, BytesSource, FileSource, Run, clip
@@ -184,12 +185,14 @@ def test_directory_and_symlink(vol):
     assert vol.readlink("symlink") == f"/vmfs/volumes/{vol.label}/small"
     st = vol.stat("symlink")
     assert st.type is FileType.SYMLINK and st.symlink_target.endswith("/small")
-    with pytest.raises(FormatError):
-        vol.open("directory")
-    with pytest.raises(FormatError, match="no 'nope'"):
-        vol.stat("directory/nope")
-    with pytest.raises(FormatError, match="not a directory"):
-        vol.listdir("small/x")
+    # a wrong path is the caller's, not damage: SourceError (exit 6), never FormatError
+    for call, arg, message in [(vol.open, "directory", "not a regular file"),
+                               (vol.stat, "directory/nope", "no 'nope'"),
+                               (vol.listdir, "small/x", "not a directory"),
+                               (vol.listdir, "small", "not a directory"),
+                               (vol.readlink, "small", "not a symbolic link")]:
+        with pytest.raises(SourceError, match=message):
+            call(arg)
 
 
 def test_collision_directory(vol):

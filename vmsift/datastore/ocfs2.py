@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import FormatError, LimitError, TruncatedError, UnsupportedError, VmsiftError
+from ..errors import (FormatError, LimitError, SourceError, TruncatedError, UnsupportedError,
+                      VmsiftError)
 from ..formats.ocfs2 import structs as S
 from ..formats.ocfs2.checksum import metaecc_crc, stored_crc
 from ..formats.ocfs2.cluster import parse_heartbeat, parse_slot_map
@@ -430,19 +431,24 @@ class Ocfs2Volume(Volume):
         """The inode number of ``path`` (no symlink is followed)."""
         ino, parts = self._split(path)
         for i, part in enumerate(parts):
-            children = self._children(ino)
-            child = children.get(part.encode("utf-8", "surrogateescape"))
+            self._need_dir(ino, "/".join(parts[:i]))
+            child = self._children(ino).get(part.encode("utf-8", "surrogateescape"))
             if child is None or part in (".", ".."):
-                raise FormatError(f"no such file: {'/'.join(parts[:i + 1])!r}",
+                raise SourceError(f"no such file: {'/'.join(parts[:i + 1])!r}",
                                   source=self.name)
             ino = child
         return ino
+
+    def _need_dir(self, ino: int, path: str) -> None:
+        if not stat_mod.S_ISDIR(self.inode(ino).mode):
+            raise SourceError(f"{path!r} is not a directory", source=self.name)
 
     def _decode(self, name: bytes) -> str:
         return name.decode("utf-8", "surrogateescape")
 
     def listdir(self, path: str = "", *, deleted: bool = False) -> list[DirEntry]:
         ino = self.lookup(path)
+        self._need_dir(ino, path)
         entries = []
         for e in self._dir_entries(self.inode(ino), deleted):
             if e.name in (b".", b"..") and not e.deleted:
@@ -624,13 +630,13 @@ class Ocfs2Volume(Volume):
     def readlink(self, path: str) -> str:
         ino = self.inode(self.lookup(path))
         if not stat_mod.S_ISLNK(ino.mode):
-            raise FormatError(f"{path!r} is not a symbolic link", source=self.name)
+            raise SourceError(f"{path!r} is not a symbolic link", source=self.name)
         return self._symlink_target(ino)
 
     def open(self, path: str) -> Ocfs2File:
         ino = self.inode(self.lookup(path))
         if not stat_mod.S_ISREG(ino.mode):
-            raise FormatError(f"{path!r} is not a regular file", source=self.name)
+            raise SourceError(f"{path!r} is not a regular file", source=self.name)
         return Ocfs2File(self, ino, f"{self.name}:{path}")
 
     def open_inode(self, blkno: int) -> Ocfs2File:

@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import FormatError, LimitError, UnsupportedError, VmsiftError, check_limit
+from ..errors import (FormatError, LimitError, SourceError, UnsupportedError, VmsiftError,
+                      check_limit)
 from ..formats.vmfs import fs as F
 from ..formats.vmfs import lvm as L
 from ..formats.vmfs.resource import HEADER_SIZE, ResourceGeometry
@@ -579,18 +580,20 @@ class VmfsVolume(Volume):
             raise LimitError(f"path has {len(parts)} components", source=self.name)
         for i, part in enumerate(parts):
             if not fd.is_dir:
-                raise FormatError(f"{'/'.join(parts[:i])!r} is not a directory", source=self.name)
+                raise SourceError(f"{'/'.join(parts[:i])!r} is not a directory", source=self.name)
             for name, _, addr, deleted in self.fs.entries(fd):
                 if name == part and not deleted:
                     fd = self.fs.fd(addr)
                     break
             else:
-                raise FormatError(f"{path!r}: no {part!r} in {'/'.join(parts[:i]) or '/'}",
+                raise SourceError(f"{path!r}: no {part!r} in {'/'.join(parts[:i]) or '/'}",
                                   source=self.name)
         return fd, path
 
     def listdir(self, path: str = "", *, deleted: bool = False) -> list[DirEntry]:
         fd, _ = self._lookup(path)
+        if not fd.is_dir:
+            raise SourceError(f"{path!r} is not a directory", source=self.name)
         out = []
         sysfile = int(F.DescType.SYSFILE)
         for name, dtype, addr, gone in self.fs.entries(fd):
@@ -652,7 +655,7 @@ class VmfsVolume(Volume):
     def readlink(self, path: str) -> str:
         fd, path = self._lookup(path)
         if fd.type != F.DescType.SYMLINK:
-            raise FormatError(f"{path!r} is not a symbolic link", source=self.name)
+            raise SourceError(f"{path!r} is not a symbolic link", source=self.name)
         return self._link(fd)
 
     def open(self, path: str) -> ByteSource:
@@ -661,7 +664,7 @@ class VmfsVolume(Volume):
             raise UnsupportedError(f"{path!r} is a raw device mapping: its data is on the "
                                    f"mapped LUN, not on the datastore", source=self.name)
         if fd.file_type is not FileType.FILE:
-            raise FormatError(f"{path!r} is not a regular file", source=self.name)
+            raise SourceError(f"{path!r} is not a regular file", source=self.name)
         if fd.meta.zla != F.Zla.RESIDENT and fd.meta.length > self.fs.capacity(fd):
             raise FormatError(f"{path!r}: length {fd.meta.length} is more than its pointers "
                               f"can address", source=self.name, offset=fd.lv_offset)
