@@ -246,6 +246,27 @@ def test_locks(vol):
     assert not lock["live"]  # generation 3 was an earlier mount; the slot is now at 5
 
 
+def test_no_lock_held_on_the_esxi_images(vol):
+    """The ESXi images were unmounted cleanly: ds info lists no held lock, and reads every FD."""
+    info = vol.info()
+    assert info.data["locks"] == [] and info.fields["locks held"] == 0
+    assert not [w for w in info.warnings if "lock of" in w]
+
+
+def test_fd_struct_reading_matches_construct(vol):
+    """The struct reading of locks and file metadata (fast path) equals the construct layouts,
+    on every file descriptor of the image."""
+    lay = vol.fs.layout
+    fds = [vol.fs.root] + [vol.fs.fd(e.inode) for _, entries in vol.walk()
+                           for e in entries if e.inode is not None]
+    assert len(fds) > 20
+    for fd in fds:
+        lock, meta = F.DiskLock.parse(fd.raw), F.FileMetadata.parse(fd.raw[lay.meta_offset:])
+        assert fd.meta == F.Meta(**{k: meta[k] for k in F.Meta._fields})
+        assert fd.lock[:-1] == tuple(lock[k] for k in F.Lock._fields[:-1])
+        assert fd.lock.holders == tuple((h.hb_addr, h.hb_gen, h.host) for h in lock.holders)
+
+
 @pytest.mark.parametrize("name, version, local, lvm", [
     ("vmfs5l", "VMFSL-5.60", True, True), ("vmfs6l", "VMFSL-6.82", True, True),
     ("vmfs5d", "VMFS-5.81", False, False), ("vmfs6d", "VMFS-6.82", False, False),

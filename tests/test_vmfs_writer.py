@@ -116,7 +116,7 @@ def test_vmsift_layouts_and_extents(vol):
     assert vol.stat("data/gappy.bin").extra["zla"] == "file_block"
 
 
-def test_vmsift_heartbeats_and_locks(vol):
+def test_vmsift_heartbeats_and_locks(built, vol):
     info = vol.info()
     hbs = {h["slot"]: h for h in info.data["heartbeats"]}
     assert hbs[0]["state"] == "live" and hbs[0]["ip"] == "192.0.2.10"
@@ -137,6 +137,19 @@ def test_vmsift_heartbeats_and_locks(vol):
     free = vol.stat("data/medium.bin").extra["lock"]
     assert not free["held"] and free["mode"] == "free"
     assert vol.stat("vm1/vm1.vmdk").extra["lock"]["mode"] == "read-only"
+
+    # ds info: every held lock of the volume (10,000-entry folder included), and only those
+    written = {i.path: i.lock for i in built[1].items
+               if isinstance(i, W.File) and i.lock is not None}
+    held = {lk["path"]: lk for lk in info.data["locks"]}
+    assert sorted(held) == sorted(written) and len(written) == 6
+    for path, lock in written.items():
+        assert held[path]["mode_value"] == lock.mode and held[path]["owner"] == lock.host.uuid_str
+        assert held[path]["live"] == lock.host.live, path
+    rows = next(t for t in info.tables if t.title == "locks held").rows
+    assert [r[0] for r in rows] == sorted(written) and info.fields["locks held"] == 6
+    multi_row = next(r for r in rows if r[0] == "locked-multi.vmdk")
+    assert multi_row[2] == f"{W.HOST_A.uuid_str}, {W.HOST_C.uuid_str}"
 
 
 def test_cli_stat_text(built):
@@ -469,6 +482,22 @@ def test_vmfs6_dissect_heartbeats_and_locks(vmfs6_locked):
             assert li.numHolders == len(lock.holders), path
             assert [h.hbAddr.offset for h in li.holders[:li.numHolders]] == [
                 h.offset for h in lock.holders]
+        # every file and folder dissect reaches: its held locks are exactly vmsift's `ds info` list
+        held, todo = {}, [""]
+        while todo:
+            folder = todo.pop()
+            for entry in fs.get("/" + folder).iterdir():
+                if entry.name in (".", ".."):
+                    continue
+                path, fd = f"{folder}/{entry.name}".lstrip("/"), entry.file_descriptor
+                li = fd.lock_info
+                if li.hbAddr.offset and li.mode:
+                    held[path] = (li.mode, _uuid(li.owner))
+                if fd.is_dir():
+                    todo.append(path)
+        with open_datastore([str(vmfs6_locked)]) as v:
+            ours = {lk["path"]: (lk["mode_value"], lk["owner"]) for lk in v.info().data["locks"]}
+        assert ours == held and sorted(held) == sorted(W.VMFS6_LOCKS)
         h = hashlib.md5()
         stream = fs.get("/bigger").open()
         while chunk := stream.read(16 * MIB):

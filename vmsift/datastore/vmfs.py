@@ -12,6 +12,7 @@ Layouts are in `vmsift.formats.vmfs`; the format is described in docs/formats/vm
 from __future__ import annotations
 
 import array
+import posixpath
 import stat as stat_mod
 import struct
 import sys
@@ -58,8 +59,8 @@ class Fd:
     addr: int
     lv_offset: int
     raw: bytes
-    lock: Any
-    meta: Any
+    lock: F.Lock
+    meta: F.Meta
     ptrs: tuple[int, ...]
     shift: int  # log2 of the file's block size
 
@@ -191,8 +192,8 @@ class Vmfs:
     def _decode_fd(self, addr: int, offset: int) -> Fd:
         lay = self.layout
         raw = self.lv.read_exact(offset, lay.fd_size, f"file descriptor {addr:#010x}")
-        lock = F.DiskLock.parse(raw)
-        meta = F.FileMetadata.parse(raw[lay.meta_offset:])
+        lock = F.parse_lock(raw)
+        meta = F.parse_meta(raw, lay.meta_offset)
         if meta.desc_addr != addr:
             raise FormatError(f"file descriptor {addr:#010x} expected here, found "
                               f"{meta.desc_addr:#010x}", source=self.name, offset=offset)
@@ -671,6 +672,32 @@ class VmfsVolume(Volume):
         return VmfsFile(self.fs, fd, f"{self.name}:{path}")
 
     # metadata
+    def held_locks(self) -> list[dict]:
+        """Every file or folder whose on-disk lock a host holds: path, mode, the holder's
+        heartbeat (host, IP) and whether that heartbeat is live or stale. Folders that cannot
+        be read are warnings."""
+        heartbeats = {h["offset"]: h for h in self.heartbeats()}
+        problems: list[str] = []
+        found = []
+
+        def check(path: str, fd: Fd) -> None:
+            lock = self.fs.lock_info(fd, heartbeats)
+            if lock["held"]:
+                found.append({"path": path or "/", **lock})
+
+        check("", self.fs.root)
+        for folder, entries in self.walk(problems=problems):
+            for e in entries:
+                if e.inode is None:
+                    continue
+                path = posixpath.join(folder, e.name)
+                try:
+                    check(path, self.fs.fd(e.inode))
+                except VmsiftError as err:
+                    problems.append(f"lock of {path!r}: {err}")
+        self.warnings += problems
+        return found
+
     def heartbeats(self) -> list[dict]:
         if self._hb is None:
             self._hb = self.fs.heartbeats()
@@ -691,18 +718,23 @@ class VmfsVolume(Volume):
             "host_uuid": F.uuid_str(d.host_uuid) if any(d.host_uuid) else None,
         }
         hbs = self.heartbeats()
+        locks = self.held_locks()
         res = [geo.to_dict() for _, geo in fs.resources.values()]
-        data = {"kind": KIND, "fs": fsd, "lvm": self.lvm, "heartbeats": hbs, "resources": res,
-                "warnings": self.warnings + fs.warnings}
+        data = {"kind": KIND, "fs": fsd, "lvm": self.lvm, "heartbeats": hbs, "locks": locks,
+                "resources": res, "warnings": self.warnings + fs.warnings}
         fields = {"version": version, "label": fs.label, "uuid": fs.uuid,
-                  "capacity": size_field(fs.lv.size), "block size": fs.fbs, "sub-block size": fs.sbs,
-                  "live hosts": sum(h["state"] == "live" for h in hbs)}
+                  "capacity": size_field(fs.lv.size), "block size": fs.fbs,
+                  "sub-block size": fs.sbs, "live hosts": sum(h["state"] == "live" for h in hbs),
+                  "locks held": len(locks)}
         if self.lvm:
             fields["LV"] = self.lvm["lv_uuid"]
             fields["devices"] = f"{len(self.lvm['devices'])} of {self.lvm['num_devs']}"
         tables = [Table("heartbeats", ["slot", "state", "host", "ip", "generation", "uptime s"],
                         [[h["slot"], h["state"], h["host_uuid"], h["ip"], h["generation"],
                           h["uptime_us"] // 1_000_000] for h in hbs]),
+                  Table("locks held", ["path", "mode", "holder", "ip", "heartbeat"],
+                        [[lk["path"], lk["mode"], _holders(lk), lk["heartbeat_ip"],
+                          "live" if lk["live"] else "stale"] for lk in locks]),
                   Table("resources", ["kind", "per cluster", "clusters/group", "size",
                                       "resources", "groups"],
                         [[r["kind"], r["resources_per_cluster"], r["clusters_per_group"],
@@ -719,6 +751,12 @@ class VmfsVolume(Volume):
     def close(self) -> None:
         for src in self.sources:
             src.close()
+
+
+def _holders(lock: dict) -> str:
+    """The host(s) holding a lock: every holder of a multi-writer lock, else the owner."""
+    hosts = [h["host_uuid"] for h in lock.get("holders", [])]
+    return ", ".join(hosts) or lock["heartbeat_host"] or lock["owner"] or "-"
 
 
 def _fs_magic(src: ByteSource) -> bool:
