@@ -168,10 +168,12 @@ def _stat_lines(facts: dict, indent: str = "") -> list[str]:
 @click.argument("path")
 def ds_cat(image: str, spans: tuple[str, ...], path: str) -> None:
     """Write one file's contents to standard output."""
+    from ..datastore.export import FILE_BLOCK
+
     out = click.get_binary_stream("stdout")
     with _open_ds(image, spans) as volume, volume.open(path) as src:
-        for pos in range(0, src.size, 4 << 20):
-            out.write(src.read_exact(pos, min(4 << 20, src.size - pos), "file data"))
+        for pos in range(0, src.size, FILE_BLOCK):
+            out.write(src.read_exact(pos, min(FILE_BLOCK, src.size - pos), "file data"))
     out.flush()
 
 

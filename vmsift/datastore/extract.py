@@ -13,7 +13,7 @@ import posixpath
 from dataclasses import dataclass, field
 
 from ..errors import SourceError, UnsupportedError
-from .export import export_raw
+from .export import FILE_BLOCK, export_raw
 from .volume import FileType, Volume, normalize
 
 
@@ -46,7 +46,7 @@ def _mkdir(path: str) -> None:
 def _copy_file(volume: Volume, path: str, target: str, stats: ExtractStats) -> None:
     with volume.open(path) as src:
         # O_CREAT|O_EXCL: never overwrites, never follows a link; no fsync per file (like cp)
-        out = export_raw(src, target, sync=False)
+        out = export_raw(src, target, sync=False, block=FILE_BLOCK)
     stats.files += 1
     stats.bytes_written += out.written
 
