@@ -113,6 +113,14 @@ def main() -> None:
     rows.append(("VMFS5: list a 10,000-entry directory", "dissect.vmfs", s, v))
     t = timed(["debugvmfs", image, "ls", "/bigdir"])
     rows.append(("VMFS5: list a 10,000-entry directory", "debugvmfs", t, v))
+    assert count_lines([*VMSIFT, "ds", "ls", "-l", image, "bigdir"]) == 10_000
+    v = timed([*VMSIFT, "ds", "ls", "-l", image, "bigdir"])
+    s = timed([sys.executable, "-c", DISSECT_OPEN + "for e in fs.get('/bigdir').iterdir():\n"
+               "    fd = e.file_descriptor\n    print(fd.mode, fd.size, fd.mtime, e.name)\n",
+               image])
+    rows.append(("VMFS5: list it with sizes (`ls -l`)", "dissect.vmfs", s, v))
+    t = timed(["debugvmfs", image, "ls", "-l", "/bigdir"])
+    rows.append(("VMFS5: list it with sizes (`ls -l`)", "debugvmfs ls -l", t, v))
 
     for label, tool in (("vmfs5", "debugvmfs"), ("vmfs6", "debugvmfs6")):
         image = str(vmfs_images.image(f"vmfs/{label}", args.cache))

@@ -132,6 +132,7 @@ class Vmfs:
         self._fds: LruCache = LruCache(CACHE_FDS)
         self._pbs: LruCache = LruCache(CACHE_PBS)
         self._dirs: LruCache = LruCache(CACHE_DIRS)
+        self._names: LruCache = LruCache(CACHE_DIRS)
         self._depth = 0
         self.resources: dict[str, tuple[Fd, ResourceGeometry]] = {}
         # Small file blocks per cluster: needed to read the system files before the SFB
@@ -429,6 +430,17 @@ class Vmfs:
         result = self._entries6(dfd) if self.vmfs6 else self._entries5(dfd)
         return self._dirs.put(dfd.addr, result)
 
+    def child(self, dfd: Fd, name: str) -> int | None:
+        """The FD address of the live entry ``name`` of directory ``dfd`` (the first, should
+        a damaged directory hold it twice)."""
+        if (index := self._names.get(dfd.addr)) is None:
+            index = {}
+            for entry_name, _, addr, deleted in self.entries(dfd):
+                if not deleted:
+                    index.setdefault(entry_name, addr)
+            self._names.put(dfd.addr, index)
+        return index.get(name)
+
     def _entries5(self, dfd: Fd) -> list:
         data = self._read_file(dfd, 0, dfd.meta.length)
         out = []
@@ -582,13 +594,11 @@ class VmfsVolume(Volume):
         for i, part in enumerate(parts):
             if not fd.is_dir:
                 raise SourceError(f"{'/'.join(parts[:i])!r} is not a directory", source=self.name)
-            for name, _, addr, deleted in self.fs.entries(fd):
-                if name == part and not deleted:
-                    fd = self.fs.fd(addr)
-                    break
-            else:
+            addr = self.fs.child(fd, part)
+            if addr is None:
                 raise SourceError(f"{path!r}: no {part!r} in {'/'.join(parts[:i]) or '/'}",
                                   source=self.name)
+            fd = self.fs.fd(addr)
         return fd, path
 
     def listdir(self, path: str = "", *, deleted: bool = False) -> list[DirEntry]:
