@@ -264,7 +264,8 @@ def test_fd_struct_reading_matches_construct(vol):
         lock, meta = F.DiskLock.parse(fd.raw), F.FileMetadata.parse(fd.raw[lay.meta_offset:])
         assert fd.meta == F.Meta(**{k: meta[k] for k in F.Meta._fields})
         assert fd.lock[:-1] == tuple(lock[k] for k in F.Lock._fields[:-1])
-        assert fd.lock.holders == tuple((h.hb_addr, h.hb_gen, h.host) for h in lock.holders)
+        assert fd.lock.holders == tuple((h.hb_addr, h.hb_gen, h.host)
+                                        for h in lock.holders[:min(lock.num_holders, 8)])
 
 
 @pytest.mark.parametrize("name, version, local, lvm", [

@@ -12,6 +12,7 @@ Layouts are in `vmsift.formats.vmfs`; the format is described in docs/formats/vm
 from __future__ import annotations
 
 import array
+import functools
 import posixpath
 import stat as stat_mod
 import struct
@@ -36,6 +37,7 @@ MAX_PATH_DEPTH = 256
 CACHE_FDS = 2048
 CACHE_PBS = 256
 CACHE_DIRS = 64
+CACHE_RESOURCE_BLOCKS = 4096
 MAX_RESOURCE_DEPTH = 4
 _DIRENT5 = struct.Struct("<III128s")
 _U32 = struct.Struct("<I")
@@ -54,15 +56,24 @@ def _words(raw: bytes, width: int) -> tuple[int, ...]:
 
 @dataclass
 class Fd:
-    """One decoded file descriptor."""
+    """One decoded file descriptor (its lock and pointers are decoded when first used)."""
 
     addr: int
     lv_offset: int
     raw: bytes
-    lock: F.Lock
     meta: F.Meta
-    ptrs: tuple[int, ...]
     shift: int  # log2 of the file's block size
+    layout: F.FdLayout
+
+    @functools.cached_property
+    def lock(self) -> F.Lock:
+        return F.parse_lock(self.raw)
+
+    @functools.cached_property
+    def ptrs(self) -> tuple[int, ...]:
+        lay = self.layout
+        return _words(self.raw[lay.ptr_offset:lay.ptr_offset + lay.ptr_count * lay.ptr_width],
+                      lay.ptr_width)
 
     @property
     def type(self) -> int:
@@ -133,6 +144,7 @@ class Vmfs:
         self._pbs: LruCache = LruCache(CACHE_PBS)
         self._dirs: LruCache = LruCache(CACHE_DIRS)
         self._names: LruCache = LruCache(CACHE_DIRS)
+        self._resource_blocks: LruCache = LruCache(CACHE_RESOURCE_BLOCKS)
         self._depth = 0
         self.resources: dict[str, tuple[Fd, ResourceGeometry]] = {}
         # Small file blocks per cluster: needed to read the system files before the SFB
@@ -193,13 +205,10 @@ class Vmfs:
     def _decode_fd(self, addr: int, offset: int) -> Fd:
         lay = self.layout
         raw = self.lv.read_exact(offset, lay.fd_size, f"file descriptor {addr:#010x}")
-        lock = F.parse_lock(raw)
         meta = F.parse_meta(raw, lay.meta_offset)
         if meta.desc_addr != addr:
             raise FormatError(f"file descriptor {addr:#010x} expected here, found "
                               f"{meta.desc_addr:#010x}", source=self.name, offset=offset)
-        ptrs = _words(raw[lay.ptr_offset:lay.ptr_offset + lay.ptr_count * lay.ptr_width],
-                      lay.ptr_width)
         shift = 0
         if meta.type not in (F.DescType.RDM,) and meta.zla != F.Zla.RESIDENT:
             bs = meta.block_size
@@ -210,7 +219,7 @@ class Vmfs:
             else:
                 raise FormatError(f"file descriptor {addr:#010x}: block size {bs} is not a "
                                   f"power of two", source=self.name, offset=offset + lay.meta_offset + 0x1C)
-        return Fd(addr, offset, raw, lock, meta, ptrs, shift)
+        return Fd(addr, offset, raw, meta, shift, lay)
 
     # -- resource files -------------------------------------------------------------------
 
@@ -276,12 +285,17 @@ class Vmfs:
         if self._depth >= MAX_RESOURCE_DEPTH:
             raise FormatError("resource files are mapped through each other in a loop",
                               source=self.name, offset=fd.lv_offset)
+        # a file block lies contiguous on the LV: map each block of a resource file once
+        block, within = offset >> fd.shift, offset & ((1 << fd.shift) - 1)
+        if (start := self._resource_blocks.get((key, block))) is not None:
+            return start + within
         self._depth += 1
         try:
             for _, _, kind, lv in self._runs(fd, offset, offset + 1):
                 if kind is not Alloc.DATA or lv is None:
                     raise FormatError(f"{key} resource c{cluster} r{resource} is not allocated in "
                                       f"its resource file", source=self.name, offset=fd.lv_offset)
+                self._resource_blocks.put((key, block), lv - within)
                 return lv
         finally:
             self._depth -= 1
@@ -535,7 +549,7 @@ class Vmfs:
             "heartbeat_ip": hb["ip"] if hb else None, "token": lk.token, "mtime_us": lk.mtime_us,
         }
         holders = []
-        for h in lk.holders[:min(lk.num_holders, 8)]:
+        for h in lk.holders:
             if h.hb_addr:
                 holders.append({"heartbeat_offset": h.hb_addr, "heartbeat_generation": h.hb_gen,
                                 "host_uuid": F.uuid_str(h.host)})

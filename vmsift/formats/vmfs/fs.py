@@ -254,9 +254,11 @@ assert _LOCK_HEAD.size + 8 * _HOLDER.size == DiskLock.sizeof() and _META.size ==
 
 
 def parse_lock(raw: bytes) -> Lock:
-    """The `DiskLock` at the start of ``raw``."""
-    holders = raw[_LOCK_HEAD.size:_LOCK_HEAD.size + 8 * _HOLDER.size]
-    return Lock(*_LOCK_HEAD.unpack_from(raw), tuple(map(Holder._make, _HOLDER.iter_unpack(holders))))
+    """The `DiskLock` at the start of ``raw``, with its first ``num_holders`` (at most 8)
+    holders."""
+    head = _LOCK_HEAD.unpack_from(raw)
+    end = _LOCK_HEAD.size + min(head[-1], 8) * _HOLDER.size
+    return Lock(*head, tuple(map(Holder._make, _HOLDER.iter_unpack(raw[_LOCK_HEAD.size:end]))))
 
 
 def parse_meta(raw: bytes, offset: int) -> Meta:
