@@ -3,6 +3,7 @@ child process, and damage and sparse-file helpers."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -43,6 +44,19 @@ def vmsift(*args, timeout: int = 300) -> subprocess.CompletedProcess:
     """The CLI run as a user runs it, in a child process; text output."""
     return subprocess.run([sys.executable, "-m", "vmsift", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@contextlib.contextmanager
+def dissect_vmfs(*paths, lvm: bool = True):
+    """dissect.vmfs (AGPL, a test-only oracle) opened on a VMFS image: its LVM devices in any
+    order, or (``lvm=False``) one logical volume. Yields its VMFS object (``.fh`` is the LV)."""
+    try:
+        from dissect.vmfs import lvm as dissect_lvm, vmfs as dissect_fs
+    except ImportError:
+        missing("dissect.vmfs (pip install dissect.vmfs)")
+    with contextlib.ExitStack() as stack:
+        fhs = [stack.enter_context(open(p, "rb")) for p in paths]
+        yield dissect_fs.VMFS(dissect_lvm.LVM(fhs).volumes[0].open() if lvm else fhs[0])
 
 
 def mutate(data, raw: bytes, *, hot: int | None = None, rounds: int = 8) -> bytes:

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.fixtures.vmfs_images import image
-from tests.helpers import missing, mutate, require_tool
+from tests.helpers import dissect_vmfs, mutate, require_tool
 from vmsift.datastore import vmfs as V
 from vmsift.datastore.vmfs_lvm import assemble
 from vmsift.datastore.volume import FileType
@@ -365,19 +365,9 @@ ORACLE_SETS = [["vmfs/vmfs5"], ["vmfs/vmfs6"], ["vmfs/vmfs5d"], ["vmfs/vmfs6l"],
 def test_against_dissect(names, cache_dir):
     """Every name, type, size, symlink target and the bytes of every file below 300 MiB (system
     files included) agree with dissect.vmfs (AGPL, test-only oracle)."""
-    try:
-        from dissect.vmfs import lvm as dlvm
-        from dissect.vmfs import vmfs as dvmfs
-    except ImportError:
-        missing("dissect.vmfs (pip install dissect.vmfs)")
     paths = [image(n, cache_dir) for n in names]
     ours = V.open_volume([FileSource(p) for p in paths])
-    fhs = [open(p, "rb") for p in paths]
-    try:
-        if ours.lvm is None:
-            theirs = dvmfs.VMFS(fhs[0])
-        else:
-            theirs = dvmfs.VMFS(dlvm.LVM(fhs).volumes[0].open())
+    with dissect_vmfs(*paths, lvm=ours.lvm is not None) as theirs:
         assert theirs.uuid == ours.fs.uuid and theirs.file_block_size == ours.fs.fbs
         checked = 0
 
@@ -403,9 +393,6 @@ def test_against_dissect(names, cache_dir):
 
         walk("", theirs.root)
         assert checked >= 7
-    finally:
-        for fh in fhs:
-            fh.close()
 
 
 @pytest.mark.parametrize("gen", [5, 6])

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import vmfs3_writer as W
-from tests.helpers import missing, require_tool, stored_digest
+from tests.helpers import dissect_vmfs, require_tool, stored_digest
 from vmsift.datastore import vmfs as V
 from vmsift.datastore.detect import open_datastore
 from vmsift.datastore.disk import open_disk
@@ -331,13 +331,8 @@ def test_debugvmfs_listing_and_data(built):
 # --- dissect.vmfs --------------------------------------------------------------------------------
 
 def test_dissect_agrees(built):
-    try:
-        from dissect.vmfs import lvm as dlvm, vmfs as dvmfs
-    except ImportError:
-        missing("dissect.vmfs (pip install dissect.vmfs)")
     path, spec = built
-    with open(path, "rb") as fh:
-        fs = dvmfs.VMFS(dlvm.LVM(fh).volumes[0].open())
+    with dissect_vmfs(path) as fs:
         assert (fs.major_version, fs.label, fs.file_block_size) == (4, spec.label, spec.block_size)
         for folder in ("", "sub", "vm3"):
             names = set(fs.get("/" + folder).listdir()) - {".", ".."}

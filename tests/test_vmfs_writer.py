@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import vmfs_writer as W
-from tests.helpers import missing, require_tool, sparse_copy, stored_digest, vmsift
+from tests.helpers import dissect_vmfs, require_tool, sparse_copy, stored_digest, vmsift
 from vmsift.datastore import vmfs as V
 from vmsift.datastore.detect import open_datastore
 from vmsift.datastore.disk import open_disk
@@ -220,14 +220,9 @@ def test_writer_is_deterministic(cache_dir, tmp_path):
 # --- independent readers -------------------------------------------------------------------------
 
 def test_dissect_agrees(built):
-    try:
-        from dissect.vmfs import lvm as dlvm, vmfs as dvmfs
-    except ImportError:
-        missing("dissect.vmfs (pip install dissect.vmfs)")
     path, spec = built
     files = _files(spec)
-    with open(path, "rb") as fh:
-        fs = dvmfs.VMFS(dlvm.LVM(fh).volumes[0].open())
+    with dissect_vmfs(path) as fs:
         for p in CHECKED:
             fd = fs.get("/" + p)
             assert fd.size == files[p].length(), p
@@ -351,15 +346,10 @@ def test_vmsift_double_indirect(built, vol):
 
 
 def test_dissect_reads_new_layouts(built):
-    try:
-        from dissect.vmfs import lvm as dlvm, vmfs as dvmfs
-        from dissect.vmfs.c_vmfs import FS3_ZeroLevelAddrType as Z
-    except ImportError:
-        missing("dissect.vmfs (pip install dissect.vmfs)")
     path, spec = built
     files = _files(spec)
-    with open(path, "rb") as fh:
-        fs = dvmfs.VMFS(dlvm.LVM(fh).volumes[0].open())
+    with dissect_vmfs(path) as fs:
+        from dissect.vmfs.c_vmfs import FS3_ZeroLevelAddrType as Z
         for p, nsb in SUB_FILES.items():
             fd = fs.get("/" + p)
             assert fd.zla == Z.SUB_BLOCK and fd.block_size == 8192, p
@@ -456,14 +446,9 @@ def _uuid(u) -> str:
 def test_vmfs6_dissect_heartbeats_and_locks(vmfs6_locked):
     """dissect.vmfs has no heartbeat API: its FS3_Heartbeat cstruct is applied to the LV it
     assembles; locks come from its FileDescriptor.lock_info (FS3_DiskLock)."""
-    try:
-        from dissect.vmfs import lvm as dlvm, vmfs as dvmfs
+    with dissect_vmfs(vmfs6_locked) as fs:
         from dissect.vmfs.c_vmfs import c_vmfs
-    except ImportError:
-        missing("dissect.vmfs (pip install dissect.vmfs)")
-    with open(vmfs6_locked, "rb") as fh:
-        lv = dlvm.LVM(fh).volumes[0].open()
-        fs = dvmfs.VMFS(lv)
+        lv = fs.fh
         assert fs.is_vmfs6 and fs.md_alignment == 4096
         for host in (W.HOST6_B, W.HOST6_C):
             lv.seek(0x300000 + host.slot * fs.md_alignment)
@@ -562,14 +547,9 @@ def test_vmfs6_lfb_vmsift(vmfs6_lfb):
 
 
 def test_vmfs6_lfb_dissect(vmfs6_lfb):
-    try:
-        from dissect.vmfs import lvm as dlvm, vmfs as dvmfs
+    with dissect_vmfs(vmfs6_lfb) as fs:
         from dissect.vmfs.address import LargeFileBlockAddr
         from dissect.vmfs.c_vmfs import FS3_ZeroLevelAddrType as Z
-    except ImportError:
-        missing("dissect.vmfs (pip install dissect.vmfs)")
-    with open(vmfs6_lfb, "rb") as fh:
-        fs = dvmfs.VMFS(dlvm.LVM(fh).volumes[0].open())
         assert fs.resources.LFB.metadata.numResourcesLo == 7
         fd = fs.get("/" + W.LFB_PATH)
         assert (fd.zla, fd.block_size, fd.size) == (Z.FILE_BLOCK, LFB, W.LFB_SIZE)
