@@ -511,6 +511,31 @@ def test_directory_cycle_and_deleted_entry(cache_dir):
     assert "directory" in walked
 
 
+def test_lock_scan_goes_past_damage(cache_dir):
+    """An entry naming a file descriptor that is not one, and a folder that cannot be read:
+    ds info still lists the locks it can read, and names both as warnings."""
+    src = FileSource(image("vmfs/vmfs5", cache_dir))
+    v = _open(["vmfs/vmfs5"], cache_dir)
+    dfd, _ = v._lookup("directory")
+    raw = v.fs._read_file(dfd, 0, dfd.meta.length)
+    slots = {F.name_str(F.DirEntry5.parse(raw[i:i + 140]).name): i
+             for i in range(0, len(raw), 140)}
+    base = 0x1100000 + next(r for r in v.fs._runs(dfd, 0, 1))[3]
+    collision = v.stat("collision").extra["fd_offset"]
+    patches = {
+        base + slots["file3"] + 4: struct.pack("<I", v.stat("big").inode + 0x40),  # no FD there
+        0x1100000 + collision + 0x200 + 0x44: struct.pack("<I", 0x4242),  # folder: bad ZLA
+    }
+    bad = V.open_volume([Patched(src, patches)])
+    with pytest.raises(VmsiftError):
+        bad.held_locks()
+    info = bad.info()
+    assert info.data["locks"] == [] and info.fields["locks held"] == 0
+    assert any("lock of 'directory/file3'" in w for w in info.warnings), info.warnings
+    assert any("folder 'collision' skipped" in w for w in info.warnings), info.warnings
+    assert bad.info().warnings == info.warnings  # asking twice adds nothing
+
+
 def test_bad_resource_header(cache_dir):
     src = FileSource(image("vmfs/vmfs6", cache_dir))
     v = _open(["vmfs/vmfs6"], cache_dir)

@@ -696,12 +696,11 @@ class VmfsVolume(Volume):
         return VmfsFile(self.fs, fd, f"{self.name}:{path}")
 
     # metadata
-    def held_locks(self) -> list[dict]:
+    def held_locks(self, problems: list[str] | None = None) -> list[dict]:
         """Every file or folder whose on-disk lock a host holds: path, mode, the holder's
-        heartbeat (host, IP) and whether that heartbeat is live or stale. Folders that cannot
-        be read are warnings."""
+        heartbeat (host, IP) and whether that heartbeat is live or stale. With ``problems``,
+        what cannot be read is noted there and skipped (as in `walk`)."""
         heartbeats = {h["offset"]: h for h in self.heartbeats()}
-        problems: list[str] = []
         found = []
 
         def check(path: str, fd: Fd) -> None:
@@ -718,8 +717,9 @@ class VmfsVolume(Volume):
                 try:
                     check(path, self.fs.fd(e.inode))
                 except VmsiftError as err:
+                    if problems is None:
+                        raise
                     problems.append(f"lock of {path!r}: {err}")
-        self.warnings += problems
         return found
 
     def heartbeats(self) -> list[dict]:
@@ -742,10 +742,12 @@ class VmfsVolume(Volume):
             "host_uuid": F.uuid_str(d.host_uuid) if any(d.host_uuid) else None,
         }
         hbs = self.heartbeats()
-        locks = self.held_locks()
+        problems: list[str] = []
+        locks = self.held_locks(problems)
+        warnings = self.warnings + fs.warnings + problems
         res = [geo.to_dict() for _, geo in fs.resources.values()]
         data = {"kind": KIND, "fs": fsd, "lvm": self.lvm, "heartbeats": hbs, "locks": locks,
-                "resources": res, "warnings": self.warnings + fs.warnings}
+                "resources": res, "warnings": warnings}
         fields = {"version": version, "label": fs.label, "uuid": fs.uuid,
                   "capacity": size_field(fs.lv.size), "block size": fs.fbs,
                   "sub-block size": fs.sbs, "live hosts": sum(h["state"] == "live" for h in hbs),
@@ -769,8 +771,7 @@ class VmfsVolume(Volume):
                                    [[dv["name"], dv["uuid"], dv["lvm_version"], dv["size"],
                                      f"{dv['first_pe']}-{dv['last_pe']}"]
                                     for dv in self.lvm["devices"]]))
-        return Report(KIND, f"{version} datastore {fs.label!r}", data, fields, tables,
-                      self.warnings + fs.warnings)
+        return Report(KIND, f"{version} datastore {fs.label!r}", data, fields, tables, warnings)
 
     def close(self) -> None:
         for src in self.sources:
