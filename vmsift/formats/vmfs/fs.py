@@ -265,6 +265,7 @@ def parse_meta(raw: bytes, offset: int) -> Meta:
     """The `FileMetadata` at ``offset`` of ``raw``."""
     return Meta._make(_META.unpack_from(raw, offset))
 
+
 DirEntry5 = Struct(
     "type" / Int32ul, "addr" / Int32ul, "generation" / Int32ul, "name" / Bytes(128),
 )
