@@ -4,8 +4,11 @@ dissect.vmfs and debugvmfs/debugvmfs6; damaged and hostile variants give vmsift 
 from __future__ import annotations
 
 import hashlib
+import os
+import resource
 import struct
 import subprocess
+import sys
 import time
 import tracemalloc
 
@@ -14,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.fixtures.vmfs_images import image
-from tests.helpers import dissect_vmfs, mutate, require_tool
+from tests.helpers import dissect_vmfs, mutate, require_tool, sparse_copy
 from vmsift.datastore import vmfs as V
 from vmsift.datastore.vmfs_lvm import assemble
 from vmsift.datastore.volume import FileType
@@ -511,10 +514,9 @@ def test_directory_cycle_and_deleted_entry(cache_dir):
     assert "directory" in walked
 
 
-def test_lock_scan_goes_past_damage(cache_dir):
-    """An entry naming a file descriptor that is not one, and a folder that cannot be read:
-    ds info still lists the locks it can read, and names both as warnings."""
-    src = FileSource(image("vmfs/vmfs5", cache_dir))
+def _damage(cache_dir) -> dict[int, bytes]:
+    """Patches (device offset -> bytes) for the ESXi VMFS5 image: `directory/file3` names a
+    file descriptor that is not one, the folder `collision` has an unknown address layout."""
     v = _open(["vmfs/vmfs5"], cache_dir)
     dfd, _ = v._lookup("directory")
     raw = v.fs._read_file(dfd, 0, dfd.meta.length)
@@ -522,11 +524,15 @@ def test_lock_scan_goes_past_damage(cache_dir):
              for i in range(0, len(raw), 140)}
     base = 0x1100000 + next(r for r in v.fs._runs(dfd, 0, 1))[3]
     collision = v.stat("collision").extra["fd_offset"]
-    patches = {
-        base + slots["file3"] + 4: struct.pack("<I", v.stat("big").inode + 0x40),  # no FD there
-        0x1100000 + collision + 0x200 + 0x44: struct.pack("<I", 0x4242),  # folder: bad ZLA
-    }
-    bad = V.open_volume([Patched(src, patches)])
+    return {base + slots["file3"] + 4: struct.pack("<I", v.stat("big").inode + 0x40),
+            0x1100000 + collision + 0x200 + 0x44: struct.pack("<I", 0x4242)}
+
+
+def test_lock_scan_goes_past_damage(cache_dir):
+    """An entry naming a file descriptor that is not one, and a folder that cannot be read:
+    ds info still lists the locks it can read, and names both as warnings."""
+    src = FileSource(image("vmfs/vmfs5", cache_dir))
+    bad = V.open_volume([Patched(src, _damage(cache_dir))])
     with pytest.raises(VmsiftError):
         bad.held_locks()
     info = bad.info()
@@ -534,6 +540,41 @@ def test_lock_scan_goes_past_damage(cache_dir):
     assert any("lock of 'directory/file3'" in w for w in info.warnings), info.warnings
     assert any("folder 'collision' skipped" in w for w in info.warnings), info.warnings
     assert bad.info().warnings == info.warnings  # asking twice adds nothing
+
+
+def test_extract_goes_past_damage(cache_dir, tmp_path):
+    """`ds extract` of the whole damaged volume, with files capped at 1 GiB (RLIMIT_FSIZE) so
+    the 69 GiB and 42 TiB thin disks cannot be written: those two, the bad entry and the bad
+    folder are named, exit code 1, and everything else is extracted and intact."""
+    img = tmp_path / "damaged.img"
+    sparse_copy(image("vmfs/vmfs5", cache_dir), img)
+    with open(img, "r+b") as f:
+        for at, patch in _damage(cache_dir).items():
+            f.seek(at)
+            f.write(patch)
+    out = tmp_path / "out"
+
+    def cap_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (GiB, GiB))
+
+    proc = subprocess.run([sys.executable, "-m", "vmsift", "ds", "extract", str(img), "", str(out)],
+                          capture_output=True, text=True, timeout=300, preexec_fn=cap_file_size)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    failed = [line for line in proc.stderr.splitlines() if line.startswith("warning: not extr")]
+    assert len(failed) == 4, proc.stderr
+    for name in ("normal-flat.vmdk: write failed: File too large",
+                 "large-flat.vmdk: write failed: File too large", "directory/file3: ",
+                 "folder 'collision' skipped"):
+        assert any(name in line for line in failed), name
+    assert "4 not extracted" in proc.stderr.splitlines()[-1]
+    root = out / "root"
+    assert hashlib.md5((root / "big").read_bytes()).hexdigest() == MD5_BIG
+    assert hashlib.md5((root / "bigger").read_bytes()).hexdigest() == MD5_BIGGER
+    assert os.readlink(root / "symlink") == "/vmfs/volumes/vmfs5/small"
+    listed = sorted(p.name for p in (root / "directory").iterdir())
+    assert len(listed) == 99 and "file3" not in listed
+    assert (root / "directory" / "file42").read_bytes() == b"File 42\n"
+    assert not (root / "large-flat.vmdk").exists()  # no partial file is left
 
 
 def test_bad_resource_header(cache_dir):

@@ -189,8 +189,13 @@ def ds_extract(image: str, spans: tuple[str, ...], path: str, out_dir: str) -> N
         stats = extract(volume, path, out_dir)
     for skipped in stats.skipped:
         click.echo(f"warning: skipped {skipped}", err=True)
+    for failed in stats.failed:
+        click.echo(f"warning: not extracted: {failed}", err=True)
     click.echo(f"{out_dir}: {stats.files} files, {stats.dirs} folders, {stats.links} links, "
                f"{stats.bytes_written} bytes written", err=True)
+    if stats.failed:
+        raise VmsiftError(f"{len(stats.failed)} not extracted (named above); everything else "
+                          f"was", source=out_dir)
 
 
 @ds.command("vms")

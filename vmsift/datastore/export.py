@@ -97,9 +97,8 @@ def export_raw(src: ByteSource, out_path: str | os.PathLike, *, overwrite: bool 
         os.close(fd)
         with contextlib.suppress(OSError):  # no half-written image left behind
             os.unlink(out_path)
-        if isinstance(e, OSError):
-            raise SourceError(f"write failed: {e.strerror}", source=os.fspath(out_path)) \
-                from None
+        if isinstance(e, OSError):  # the OSError stays as the cause: callers read its errno
+            raise SourceError(f"write failed: {e.strerror}", source=os.fspath(out_path)) from e
         raise
     os.close(fd)
     return ExportStats(src.size, written, src.size - written)
