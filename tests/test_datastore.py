@@ -10,7 +10,8 @@ from tests.helpers import require_tool, vmsift
 from vmsift.datastore.detect import open_datastore
 from vmsift.datastore.extract import extract
 from vmsift.datastore.vm import find_vms
-from vmsift.datastore.volume import FileType
+from vmsift.datastore import volume as volume_mod
+from vmsift.datastore.volume import FileType, LruCache
 from vmsift.errors import ChainError, SourceError, UnsupportedError
 
 MiB = 1 << 20
@@ -271,3 +272,23 @@ def test_vms_on_a_truncated_image_goes_on(kernel_images, tmp_path):
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["problems"] and all("skipped" in p for p in doc["problems"])
+
+
+def test_folder_caches_are_bounded_by_entries():
+    """Decoded folders are kept up to a number of entries, not of folders: an image with many
+    huge folders cannot fill memory; the newest folder stays even when it alone is larger."""
+    cache = LruCache(10, len)
+    cache.put("a", [0] * 4)
+    cache.put("b", [0] * 4)
+    cache.put("c", [0] * 4)
+    assert list(cache) == ["b", "c"] and cache.total == 8
+    cache.put("b", [0] * 2)  # replaced: its old weight is given back
+    assert list(cache) == ["c", "b"] and cache.total == 6
+    cache.put("huge", [0] * 50)
+    assert list(cache) == ["huge"] and cache.total == 50
+    cache.put("d", [])
+    assert list(cache) == ["d"] and cache.total == 0
+    folders = LruCache.for_folders()  # empty folders count one each
+    for i in range(volume_mod.CACHED_DIR_ENTRIES + 10):
+        folders.put(i, [])
+    assert len(folders) == volume_mod.CACHED_DIR_ENTRIES == folders.total

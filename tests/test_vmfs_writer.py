@@ -167,6 +167,20 @@ def test_cli_stat_text(built):
     assert "mode             0777 (rwxrwxrwx)" in run("data/link").splitlines()
 
 
+def test_folder_cache_budget(built, monkeypatch):
+    """With a budget of 5,000 cached entries, the 10,000-entry folder is dropped as soon as
+    another folder is read, and reads the same when read again."""
+    from vmsift.datastore import volume as volume_mod
+    monkeypatch.setattr(volume_mod, "CACHED_DIR_ENTRIES", 5000)
+    with open_datastore([str(built[0])]) as v:
+        first = v.listdir("bigdir")
+        assert len(first) == 10_000 and v.stat("bigdir/f04242").size > 0
+        v.listdir("data")
+        v.listdir("vm1")
+        assert v.fs._dirs.total <= 5000 and v.fs._names.total <= 5000
+        assert v.listdir("bigdir") == first
+
+
 def test_vm_folder(built, vol, tmp_path):
     _, spec = built
     vms = list(find_vms(vol))

@@ -46,7 +46,6 @@ READ_CHUNK = 16 << 20
 BACKUP_SUPERBLOCKS = tuple(1 << (30 + 2 * i) for i in range(6))  # 1G, 4G ... 1T
 INODE_CACHE = 4096
 EXTENT_CACHE = 64
-DIR_CACHE = 32
 SHOWN_REFCOUNT_RECORDS = 1000
 # inode flags whose inodes carry more facts (checked as one int: enum `&` is slow per name)
 _SPECIAL_FLAGS = int(InodeFlag.ORPHANED | InodeFlag.JOURNAL | InodeFlag.BITMAP | InodeFlag.CHAIN
@@ -200,8 +199,8 @@ class Ocfs2Volume(Volume):
         self.root_blkno = self.sb.root_blkno
         self._inodes = LruCache(INODE_CACHE)
         self._extent_maps = LruCache(EXTENT_CACHE)
-        self._dirs = LruCache(DIR_CACHE)
-        self._names = LruCache(DIR_CACHE)
+        self._dirs = LruCache.for_folders()
+        self._names = LruCache.for_folders()
         self._check(block, S.INODE_CHECK, "superblock", self.sb.blkno)
         if src.size < self.volume_bytes:
             self.warn(f"{src.name}: image is {src.size} bytes, the volume "

@@ -16,7 +16,7 @@ import posixpath
 import re
 import stat as stat_mod
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,9 @@ from ..source import ByteSource
 
 _ESX_ABSOLUTE = re.compile(r"^/vmfs/volumes/[^/]+/(.+)$")
 MAX_DEPTH = 64  # directory depth `walk` descends to; deeper means a loop or damage
+# folder entries a volume keeps decoded (about 200 bytes each): bounds memory however many
+# big folders a (hostile) image has; one folder larger than this is still kept alone
+CACHED_DIR_ENTRIES = 200_000
 
 
 class FileType(enum.Enum):
@@ -47,17 +50,33 @@ class FileType(enum.Enum):
 
 
 class LruCache(OrderedDict):
-    """A bounded cache of decoded metadata (inodes, directories, pointer blocks)."""
+    """A bounded cache of decoded metadata (inodes, directories, pointer blocks): at most
+    ``limit`` values, or with ``weight`` (folders: their entry count) values weighing at most
+    ``limit`` together; the newest value stays even when it alone weighs more."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, weight: Callable[[Any], int] | None = None):
         super().__init__()
         self.limit = limit
+        self.weight = weight
+        self.total = 0
+
+    @classmethod
+    def for_folders(cls) -> LruCache:
+        """A cache of decoded folders (entry lists or name indexes), `CACHED_DIR_ENTRIES`
+        entries in all (each folder counts one more, so empty ones are bounded too)."""
+        return cls(CACHED_DIR_ENTRIES, lambda entries: len(entries) + 1)
+
+    def _weigh(self, value) -> int:
+        return self.weight(value) if self.weight else 1
 
     def put(self, key, value):
+        if key in self:
+            self.total -= self._weigh(self[key])
         self[key] = value
+        self.total += self._weigh(value)
         self.move_to_end(key)
-        while len(self) > self.limit:
-            self.popitem(last=False)
+        while self.total > self.limit and len(self) > 1:
+            self.total -= self._weigh(self.popitem(last=False)[1])
         return value
 
     def get_or(self, key, make):
