@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.fixtures.vmfs_images import image
-from tests.helpers import dissect_vmfs, mutate, require_tool, sparse_copy
+from tests.helpers import dissect_vmfs, mutate, require_tool, sparse_copy, vmsift
 from vmsift.datastore import vmfs as V
 from vmsift.datastore.vmfs_lvm import assemble
 from vmsift.datastore.volume import FileType
@@ -237,6 +237,9 @@ def test_rdm(vol):
     assert st.extra["rdm"]["id"].startswith("QM00015             QEMU H")
     with pytest.raises(UnsupportedError, match="raw device mapping"):
         vol.open("rdm-rdm.vmdk")
+    listed = vmsift("ds", "ls", "-l", vol.sources[0].name).stdout.splitlines()
+    assert next(line for line in listed if line.endswith(" rdm-rdm.vmdk")).split()[:2] == [
+        "rdm", str(6969 * GiB)]
 
 
 def test_locks(vol):
