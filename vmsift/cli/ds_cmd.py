@@ -185,7 +185,9 @@ def ds_cat(image: str, spans: tuple[str, ...], path: str) -> None:
 @click.argument("path")
 @click.argument("out_dir", type=click.Path(file_okay=False))
 def ds_extract(image: str, spans: tuple[str, ...], path: str, out_dir: str) -> None:
-    """Copy a file or folder out (sparse; never follows links or leaves OUT_DIR)."""
+    """Copy a file or folder out (sparse; never follows links or leaves OUT_DIR).
+
+    Goes on past what cannot be read or written, names it, and then exits 1."""
     from ..datastore.extract import extract
 
     with _open_ds(image, spans) as volume:
