@@ -354,6 +354,30 @@ def test_span_missing_device(gen, cache_dir):
         _open([f"vmfs/span/vmfs{gen}-span-1"], cache_dir)
 
 
+def test_extract_with_a_span_device_missing(cache_dir, tmp_path):
+    """Device zero alone, `.vh.sf`'s first block moved (by a patch of its pointer) into the
+    half of the LV that lives on the missing device: `ds extract` of the whole volume names
+    that file, exits 1, and extracts everything else."""
+    dev0 = tmp_path / "span-0.img"
+    sparse_copy(image("vmfs/span/vmfs5-span-0", cache_dir), dev0)
+    v = _open(["vmfs/span/vmfs5-span-0"], cache_dir)
+    st = v.stat(".vh.sf")
+    fd = v.fs.fd(st.inode)
+    moved = (2 * GiB // v.fs.fbs + 10) << 6 | (fd.ptrs[0] & 0x3F)  # FB address, bits 6-31
+    with open(dev0, "r+b") as f:
+        f.seek(v.lvm["devices"][0]["data_offset"] + st.extra["fd_offset"] + fd.layout.ptr_offset)
+        f.write(struct.pack("<I", moved))
+    proc = vmsift("ds", "extract", dev0, "", tmp_path / "out")
+    assert proc.returncode == 1, proc.stderr
+    failed = [line for line in proc.stderr.splitlines() if line.startswith("warning: not ext")]
+    assert len(failed) == 1 and ".vh.sf" in failed[0] and "device that was not given" in failed[0]
+    root = tmp_path / "out" / "root"
+    assert not (root / ".vh.sf").exists()
+    assert (root / ".fdc.sf").stat().st_size == v.stat(".fdc.sf").size
+    assert sorted(p.name for p in root.iterdir()) == sorted(
+        e.name for e in v.listdir("") if e.name != ".vh.sf")
+
+
 def test_same_device_twice(cache_dir):
     path = image("vmfs/vmfs5", cache_dir)
     with pytest.raises(FormatError, match="given twice"):
