@@ -153,6 +153,9 @@ def test_cli_ds_commands(datastore, tmp_path):
     assert doc["oracle_vm"]["keys"]["OVS_REPO_UUID"] == REPO
     out = vmsift("ds", "ls", "-l", datastore, "web01")
     assert out.returncode == 0 and "web01-000002.vmdk" in out.stdout
+    out = vmsift("ds", "ls", "-l", datastore, "web01/web01.vmx")  # a file: listed alone
+    assert out.returncode == 0 and out.stdout.split()[0] == "file"
+    assert out.stdout.strip().endswith(" web01.vmx") and len(out.stdout.splitlines()) == 1
     out = vmsift("ds", "cat", datastore, ".ovsrepo")
     assert out.stdout.startswith(f"OVS_REPO_UUID={REPO}")
     out = vmsift("ds", "stat", "--json", datastore, "web01/web01.vmx")

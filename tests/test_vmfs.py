@@ -238,8 +238,9 @@ def test_rdm(vol):
     with pytest.raises(UnsupportedError, match="raw device mapping"):
         vol.open("rdm-rdm.vmdk")
     listed = vmsift("ds", "ls", "-l", vol.sources[0].name).stdout.splitlines()
-    assert next(line for line in listed if line.endswith(" rdm-rdm.vmdk")).split()[:2] == [
-        "rdm", str(6969 * GiB)]
+    line = next(line for line in listed if line.endswith(" rdm-rdm.vmdk"))
+    assert line.split()[:2] == ["rdm", str(6969 * GiB)]
+    assert vmsift("ds", "ls", "-l", vol.sources[0].name, "rdm-rdm.vmdk").stdout == line + "\n"
 
 
 def test_locks(vol):

@@ -9,7 +9,7 @@ import stat as stat_mod
 
 import click
 
-from ..errors import VmsiftError
+from ..errors import SourceError, VmsiftError
 from ..report import Table, human_size, size_field
 from .app import cli
 from .render import document, echo_json, print_report, render_table
@@ -73,15 +73,25 @@ def ds_info(images: tuple[str, ...], spans: tuple[str, ...], as_json: bool) -> N
 @click.option("--json", "as_json", is_flag=True)
 def ds_ls(image: str, spans: tuple[str, ...], path: str, long: bool, deleted: bool,
           as_json: bool) -> None:
-    """List a folder of the datastore."""
+    """List a folder of the datastore (a file is listed alone, as ls does)."""
+    from ..datastore.volume import DirEntry, FileType, normalize
+
+    folder = path
     with _open_ds(image, spans) as volume:
-        entries = volume.listdir(path, deleted=deleted)
+        try:
+            entries = volume.listdir(path, deleted=deleted)
+        except SourceError:
+            top = volume.stat(path)  # not there at all: its own error
+            if top.type is FileType.DIR:
+                raise
+            folder, name = posixpath.split(normalize(path))
+            entries = [DirEntry(name, top.type, top.inode)]
         stats = {}
         if long or as_json:
             for e in entries:
                 if not e.deleted:
                     with contextlib.suppress(VmsiftError):
-                        stats[e.name] = volume.stat(posixpath.join(path, e.name))
+                        stats[e.name] = volume.stat(posixpath.join(folder, e.name))
     if as_json:
         echo_json(document(path=path, entries=[
             {"name": e.name, "type": e.type.value, "inode": e.inode, "deleted": e.deleted,
