@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.fixtures import ocfs2_mkfs
-from tests.helpers import missing, mutate, require_tool
+from tests.helpers import missing, mutate, require_tool, vmsift
 from vmsift.datastore import ocfs2
 from vmsift.datastore.ocfs2 import Ocfs2Volume
 from vmsift.datastore.volume import FileType
@@ -653,6 +653,13 @@ def test_kernel_deleted_entries(kernel_images, name):
             checked += 1
         assert checked >= 2
         assert not [e for e in v.listdir("deltest") if e.deleted]
+    # the CLI, whole volume: every live path once, and the recoverable deleted names marked
+    out = vmsift("ds", "ls", "-R", "--deleted", image.path)
+    assert out.returncode == 0, out.stderr
+    shown = out.stdout.splitlines()
+    gone = {line[:-len(" (deleted)")].rstrip("/") for line in shown if line.endswith(" (deleted)")}
+    assert {line.rstrip("/") for line in shown if not line.endswith(")")} == live
+    assert gone & {g["path"] for g in image.deleted}
 
 
 @pytest.mark.parametrize("name", KERNEL)

@@ -4,6 +4,7 @@ dissect.vmfs and debugvmfs/debugvmfs6; damaged and hostile variants give vmsift 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import resource
 import struct
@@ -178,6 +179,21 @@ def test_file_contents(vol):
     assert st.extra["zla"] == "resident" and st.type is FileType.FILE
     assert vol.stat("big").extra["zla"] == "file_block"
     assert vol.stat("bigger").allocated == 128 * MiB
+
+
+def test_recursive_listing(vol):
+    """`ds ls -R`: every path of the volume once, folders marked; --json gives full paths."""
+    paths = {f"{d}/{e.name}".lstrip("/"): e for d, es in vol.walk() for e in es}
+    out = vmsift("ds", "ls", "-R", vol.sources[0].name)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == len(paths) > 130 and "directory/file42" in lines
+    assert {line.rstrip("/") for line in lines} == set(paths)
+    assert {line[:-1] for line in lines if line.endswith("/")} == {
+        p for p, e in paths.items() if e.type is FileType.DIR}
+    doc = json.loads(vmsift("ds", "ls", "-R", "--json", vol.sources[0].name, "directory").stdout)
+    assert [e["path"] for e in doc["entries"]] == sorted(
+        f"directory/file{i}" for i in range(1, 101))
 
 
 def test_directory_and_symlink(vol):

@@ -6,12 +6,16 @@ import contextlib
 import datetime as dt
 import posixpath
 import stat as stat_mod
+from typing import TYPE_CHECKING
 
 import click
 
 from ..errors import SourceError, VmsiftError
 from ..report import Table, human_size, size_field
 from .app import cli
+
+if TYPE_CHECKING:
+    from ..datastore.volume import DirEntry, Volume
 from .render import document, echo_json, print_report, render_table
 
 
@@ -69,43 +73,37 @@ def ds_info(images: tuple[str, ...], spans: tuple[str, ...], as_json: bool) -> N
 @_ds_args
 @click.argument("path", default="")
 @click.option("-l", "long", is_flag=True, help="Type, size, allocation, time.")
+@click.option("-R", "recursive", is_flag=True, help="Every folder below PATH, full paths.")
 @click.option("--deleted", is_flag=True, help="Also deleted entries that can be recovered.")
 @click.option("--json", "as_json", is_flag=True)
-def ds_ls(image: str, spans: tuple[str, ...], path: str, long: bool, deleted: bool,
-          as_json: bool) -> None:
+def ds_ls(image: str, spans: tuple[str, ...], path: str, long: bool, recursive: bool,
+          deleted: bool, as_json: bool) -> None:
     """List a folder of the datastore (a file is listed alone, as ls does)."""
-    from ..datastore.volume import DirEntry, FileType, normalize
-
-    folder = path
+    problems: list[str] = []
     with _open_ds(image, spans) as volume:
-        try:
-            entries = volume.listdir(path, deleted=deleted)
-        except SourceError:
-            top = volume.stat(path)  # not there at all: its own error
-            if top.type is FileType.DIR:
-                raise
-            folder, name = posixpath.split(normalize(path))
-            entries = [DirEntry(name, top.type, top.inode)]
+        listed = _listing(volume, path, recursive, deleted, problems)
         stats = {}
         if long or as_json:
-            for e in entries:
+            for i, (full, e) in enumerate(listed):
                 if not e.deleted:
                     with contextlib.suppress(VmsiftError):
-                        stats[e.name] = volume.stat(posixpath.join(folder, e.name))
+                        stats[i] = volume.stat(full)
+    for problem in problems:
+        click.echo(f"warning: {problem}", err=True)
     if as_json:
         echo_json(document(path=path, entries=[
-            {"name": e.name, "type": e.type.value, "inode": e.inode, "deleted": e.deleted,
-             "stat": stats[e.name].to_dict() if e.name in stats else None} for e in entries]))
-        return
-    if not long:
-        if entries:
-            click.echo("\n".join(e.name + ("/" if e.type.value == "dir" else "") +
-                                 (" (deleted)" if e.deleted else "") for e in entries))
+            {"name": e.name, "path": full, "type": e.type.value, "inode": e.inode,
+             "deleted": e.deleted, "stat": stats[i].to_dict() if i in stats else None}
+            for i, (full, e) in enumerate(listed)]))
         return
     lines = []
-    for e in entries:
+    for i, (full, e) in enumerate(listed):
+        name = full if recursive else e.name
         mark = " (deleted)" if e.deleted else ""
-        st = stats.get(e.name)
+        if not long:
+            lines.append(name + ("/" if e.type.value == "dir" else "") + mark)
+            continue
+        st = stats.get(i)
         when = "-"
         if st and st.mtime is not None:
             when = dt.datetime.fromtimestamp(st.mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
@@ -114,9 +112,30 @@ def ds_ls(image: str, spans: tuple[str, ...], path: str, long: bool, deleted: bo
         if st and st.extra.get("descriptor_type") == "rdm":  # a VMFS raw device mapping
             kind = "rdm"
         lines.append(f"{kind:7} {st.size if st else '-':>15} "
-                     f"{human_size(st.allocated) if st else '-':>10}  {when}  {e.name}{link}{mark}")
+                     f"{human_size(st.allocated) if st else '-':>10}  {when}  {name}{link}{mark}")
     if lines:
         click.echo("\n".join(lines))
+
+
+def _listing(volume: Volume, path: str, recursive: bool, deleted: bool,
+             problems: list[str]) -> list[tuple[str, DirEntry]]:
+    """(volume path, entry) of what `ds ls` shows: the folder's entries, every folder's below
+    it with ``recursive`` (unreadable ones go to ``problems``), or a file alone."""
+    from ..datastore.volume import DirEntry, FileType, normalize
+
+    try:
+        entries = volume.listdir(path, deleted=deleted)
+    except SourceError:
+        top = volume.stat(path)  # not there at all: its own error
+        if top.type is FileType.DIR:
+            raise
+        folder, name = posixpath.split(normalize(path))
+        return [(posixpath.join(folder, name), DirEntry(name, top.type, top.inode))]
+    if not recursive:
+        return [(posixpath.join(normalize(path), e.name), e) for e in entries]
+    return [(posixpath.join(folder, e.name), e)
+            for folder, entries in volume.walk(path, deleted=deleted, problems=problems)
+            for e in entries]
 
 
 @ds.command("stat")
