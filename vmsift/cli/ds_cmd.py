@@ -13,10 +13,10 @@ import click
 from ..errors import SourceError, VmsiftError
 from ..report import Table, human_size, size_field
 from .app import cli
+from .render import document, echo_json, print_report, render_table
 
 if TYPE_CHECKING:
     from ..datastore.volume import DirEntry, Volume
-from .render import document, echo_json, print_report, render_table
 
 
 @cli.group()
@@ -129,8 +129,8 @@ def _listing(volume: Volume, path: str, recursive: bool, deleted: bool,
         top = volume.stat(path)  # not there at all: its own error
         if top.type is FileType.DIR:
             raise
-        folder, name = posixpath.split(normalize(path))
-        return [(posixpath.join(folder, name), DirEntry(name, top.type, top.inode))]
+        full = normalize(path)
+        return [(full, DirEntry(posixpath.basename(full), top.type, top.inode))]
     if not recursive:
         return [(posixpath.join(normalize(path), e.name), e) for e in entries]
     return [(posixpath.join(folder, e.name), e)
