@@ -291,6 +291,18 @@ def test_folder_caches_are_bounded_by_entries():
     assert list(cache) == ["huge"] and cache.total == 50
     cache.put("d", [])
     assert list(cache) == ["d"] and cache.total == 0
+    cache.put("e", [0] * 3)
+    cache.clear()  # emptied: its weight goes too, or later puts would evict all but one
+    cache.put("f", [0] * 4)
+    cache.put("g", [0] * 4)
+    assert list(cache) == ["f", "g"] and cache.total == 8
+    counted = LruCache(3)  # without weight: at most 3 values, also after a clear
+    for key in "abcd":
+        counted.put(key, None)
+    counted.clear()
+    for key in "xyz":
+        counted.put(key, None)
+    assert list(counted) == ["x", "y", "z"]
     folders = LruCache.for_folders()  # empty folders count one each
     for i in range(volume_mod.CACHED_DIR_ENTRIES + 10):
         folders.put(i, [])

@@ -25,7 +25,7 @@ def human_size(n: float | None) -> str:
 
 
 def size_field(n: int) -> str:
-    """A byte count exact and for people, for report fields: ``1258291200 (1.2 GiB)``."""
+    """A byte count exact and for people, for report fields: ``1258291200 (1.172 GiB)``."""
     return f"{n} ({human_size(n)})" if n >= 1024 else f"{n} bytes"
 
 

@@ -162,6 +162,7 @@ class Vmfs:
                 self.sfb_rpc = sfb.resources_per_cluster
                 self._fds.clear()
                 self._pbs.clear()
+                self._resource_blocks.clear()
         self.root = self.fd(F.ROOT_DIR)
         if not self.root.is_dir:
             raise FormatError("the root file descriptor is not a directory", source=self.name,

@@ -79,6 +79,10 @@ class LruCache(OrderedDict):
             self.total -= self._weigh(self.popitem(last=False)[1])
         return value
 
+    def clear(self) -> None:
+        super().clear()
+        self.total = 0
+
     def get_or(self, key, make):
         """The cached value of ``key``, or ``make()`` stored under it."""
         if key in self:
