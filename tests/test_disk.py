@@ -267,7 +267,7 @@ def test_cli_disk_commands(disks, tmp_path):
     target = tmp_path / "x.raw"
     assert vmsift("disk", "export", d / "child2.vmdk", target).returncode == 0
     again = vmsift("disk", "export", d / "child2.vmdk", target)
-    assert again.returncode == 6 and "cannot create output" in again.stderr
+    assert again.returncode == 6 and "output exists" in again.stderr
     run("cmp", str(target), str(d / "expected.raw"))
 
 
@@ -358,3 +358,20 @@ def test_zero_pieces_inside_data_stay_holes(tmp_path):
     assert stats.written == 8 * ZERO_GRAIN
     assert (tmp_path / "o.raw").read_bytes() == big
     assert (tmp_path / "o.raw").stat().st_blocks * 512 <= 8 * ZERO_GRAIN + 65536
+
+
+@pytest.mark.parametrize("fmt", ["raw", "vmdk"])
+def test_failed_export_with_force_keeps_the_existing_file(disks, tmp_path, fmt):
+    """A failed `disk export --force` leaves what was at the target (written to a temporary
+    beside it and renamed only when complete)."""
+    raw = (disks / "monolithicSparse" / "base.vmdk").read_bytes()
+    (tmp_path / "cut.vmdk").write_bytes(raw[:len(raw) - 65536 - 1000])
+    target = tmp_path / "out.img"
+    target.write_bytes(b"precious evidence")
+    out = vmsift("disk", "export", "--force", "--format", fmt, tmp_path / "cut.vmdk", target)
+    assert out.returncode == 3 and "runs past the end" in out.stderr
+    assert target.read_bytes() == b"precious evidence"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.vmdk", "out.img"]
+    out = vmsift("disk", "export", "--force", "--format", fmt,
+                 disks / "monolithicSparse" / "base.vmdk", target)
+    assert out.returncode == 0 and target.read_bytes() != b"precious evidence"

@@ -2,19 +2,20 @@
 
 Raw output is sparse: HOLE and ZERO runs, and 64 KiB pieces of data that are all zeros, are
 skipped with a seek, never written; the file is then cut to the disk's size and synced. When the
-export fails, the partial output is removed.
+export fails, the partial output is removed and what was at the target stays
+(`vmsift.publish`).
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import concurrent.futures
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import SourceError
+from ..publish import atomic_output
 from ..source import Alloc, ByteSource
 
 BLOCK = 4 << 20  # read size for virtual disks (grains and inflated chunks join well here)
@@ -59,46 +60,33 @@ def export_raw(src: ByteSource, out_path: str | os.PathLike, *, overwrite: bool 
                block: int = BLOCK) -> ExportStats:
     """Write ``src`` to ``out_path`` as a sparse raw image, reading ``block`` bytes at a time
     (fsynced unless ``sync`` is off, as when many files are extracted)."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
-    try:
-        fd = os.open(out_path, flags, 0o644)
-    except OSError as e:
-        raise SourceError(f"cannot create output: {e.strerror}", source=os.fspath(out_path)) \
-            from None
     written = 0
     pending: collections.deque[concurrent.futures.Future] = collections.deque()
-    try:
-        # reads (and inflating) overlap with writes: one writer thread, a few blocks ahead
-        with concurrent.futures.ThreadPoolExecutor(1, "vmsift-export") as writer:
-            for run in src.extents():
-                if run.kind is not Alloc.DATA:
-                    if progress:
-                        progress(run.length)
-                    continue
-                for pos in range(run.offset, run.end, block):
-                    n = min(block, run.end - pos)
-                    data = src.read_exact(pos, n, "disk data")
-                    for start, end in nonzero_spans(data):
-                        piece = memoryview(data)[start:end]
-                        pending.append(writer.submit(_write_all, fd, piece, pos + start))
-                        written += end - start
-                    while len(pending) > IN_FLIGHT:  # bounds memory to a few blocks
-                        pending.popleft().result()
-                    if progress:
-                        progress(n)
-            while pending:
-                pending.popleft().result()
-        os.ftruncate(fd, src.size)
-        if sync:
-            os.fsync(fd)
-    except BaseException as e:
-        for future in pending:
-            future.cancel()
-        os.close(fd)
-        with contextlib.suppress(OSError):  # no half-written image left behind
-            os.unlink(out_path)
-        if isinstance(e, OSError):  # the OSError stays as the cause: callers read its errno
+    with atomic_output(out_path, overwrite=overwrite, sync=sync) as fd:
+        try:
+            # reads (and inflating) overlap with writes: one writer thread, a few blocks ahead
+            with concurrent.futures.ThreadPoolExecutor(1, "vmsift-export") as writer:
+                for run in src.extents():
+                    if run.kind is not Alloc.DATA:
+                        if progress:
+                            progress(run.length)
+                        continue
+                    for pos in range(run.offset, run.end, block):
+                        n = min(block, run.end - pos)
+                        data = src.read_exact(pos, n, "disk data")
+                        for start, end in nonzero_spans(data):
+                            piece = memoryview(data)[start:end]
+                            pending.append(writer.submit(_write_all, fd, piece, pos + start))
+                            written += end - start
+                        while len(pending) > IN_FLIGHT:  # bounds memory to a few blocks
+                            pending.popleft().result()
+                        if progress:
+                            progress(n)
+                while pending:
+                    pending.popleft().result()
+            os.ftruncate(fd, src.size)
+        except OSError as e:  # the OSError stays as the cause: callers read its errno
+            for future in pending:
+                future.cancel()
             raise SourceError(f"write failed: {e.strerror}", source=os.fspath(out_path)) from e
-        raise
-    os.close(fd)
     return ExportStats(src.size, written, src.size - written)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ...errors import LimitError, SourceError, UnsupportedError
+from ...publish import atomic_output
 from ...source import Alloc, ByteSource
 from .sparse import (GD_AT_END, MAX_CAPACITY_SECTORS, SECTOR, GrainMarker, MarkerType, MetaMarker,
                      SparseFlags, SparseHeader)
@@ -389,48 +390,6 @@ class _StreamOptimized(_Layout):
         self.flush_queue()
 
 
-# --- output file handling -----------------------------------------------------------------
-
-def _temp_path(out: str) -> str:
-    head, tail = os.path.split(out)
-    return os.path.join(head, f".{tail}.{secrets.token_hex(4)}.tmp")
-
-
-def _publish(tmp: str, out: str, overwrite: bool) -> None:
-    """Move the finished temp file to its name; without ``overwrite`` never clobber."""
-    try:
-        if overwrite:
-            os.replace(tmp, out)
-            return
-        try:
-            os.link(tmp, out)  # atomic and fails if ``out`` appeared meanwhile
-        except FileExistsError:
-            raise
-        except OSError:  # file system without hard links
-            if os.path.lexists(out):
-                raise FileExistsError(out) from None
-            os.rename(tmp, out)
-            return
-        os.unlink(tmp)
-    except FileExistsError:
-        raise SourceError("output exists (pass overwrite to replace it)", source=out) from None
-    except OSError as e:
-        raise SourceError(f"cannot move output into place: {e.strerror}", source=out) from None
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 # --- the entry point ----------------------------------------------------------------------
 
 def write_vmdk(src: ByteSource, out_path: str | os.PathLike,
@@ -462,7 +421,7 @@ def write_vmdk(src: ByteSource, out_path: str | os.PathLike,
         raise UnsupportedError("disk uuid must be 16 bytes")
     out = os.fspath(out_path)
     if not overwrite and os.path.lexists(out):
-        raise SourceError("output exists (pass overwrite to replace it)", source=out)
+        raise SourceError("output exists (--force replaces it)", source=out)
     capacity = -(-src.size // SECTOR)
     if capacity > MAX_CAPACITY_SECTORS:
         raise UnsupportedError(f"a disk of {src.size} bytes is beyond the {MAX_CAPACITY_SECTORS}"
@@ -474,37 +433,13 @@ def write_vmdk(src: ByteSource, out_path: str | os.PathLike,
         cid=cid, adapter=adapter, hw_version=str(hw_version), disk_uuid=disk_uuid,
         long_content_prefix=hashlib.blake2b(disk_uuid, digest_size=12).digest())
 
-    tmp = _temp_path(out)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
-                     0o644)
-    except OSError as e:
-        raise SourceError(f"cannot create output: {e.strerror}", source=tmp) from None
-    done = False
-    try:
+    with atomic_output(out, overwrite=overwrite) as fd:
         layout_cls = _StreamOptimized if subformat == "streamOptimized" else _MonolithicSparse
         layout = layout_cls(fd, out, capacity, descriptor)
         grains, data_bytes, zeros = _pump(src, layout, subformat, capacity * SECTOR,
                                           progress, threads, level)
         layout.finish()
-        try:
-            os.fsync(fd)
-            file_size = os.fstat(fd).st_size
-        except OSError as e:
-            raise SourceError(f"cannot flush output: {e.strerror}", source=tmp) from None
-        os.close(fd)
-        fd = -1
-        _publish(tmp, out, overwrite)
-        _fsync_dir(out)
-        done = True
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        if not done:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+        file_size = os.fstat(fd).st_size
     return VmdkWriteStats(subformat, capacity * SECTOR, capacity, file_size, grains,
                           data_bytes, zeros, f"{cid:08x}")
 
