@@ -102,12 +102,12 @@ class Lock:
             self.name = self._write()
             blocking = []
             for other in read_locks(self.backend):
-                if other.name == self.name or not (self.exclusive or other.exclusive):
+                if other.name == self.name:
                     continue
-                if other.stale():
+                if other.stale():  # any stale lock found is cleared, conflicting or not
                     self.backend.delete("locks", other.name)
-                    continue
-                blocking.append(other)
+                elif self.exclusive or other.exclusive:
+                    blocking.append(other)
             if not blocking:
                 break
             self.backend.delete("locks", self.name)
