@@ -37,7 +37,7 @@ from .sources import open_source
 
 BLOCK = 4 << 20          # bytes read from a source at a time (whole cells)
 AHEAD = 8                # blocks read ahead of hashing; bounds memory to AHEAD * BLOCK
-SEAL_AHEAD = 256         # cells being sealed at once
+SEAL_AHEAD = 32 << 20   # bytes of cells being sealed at once
 
 Progress = Callable[[int], None]
 
@@ -89,21 +89,28 @@ class BlobWriter:
         if self.pack.full or len(self.pack.entries) >= MAX_BLOBS:
             self.flush_pack()
 
+    def _store(self, pack: PackWriter) -> tuple[str, list[PackEntry]]:
+        name, data, entries = pack.finish()  # joining and naming 16 MiB: off the main thread
+        self.repo.backend.put("data", name, data)
+        return name, entries
+
     def flush_pack(self) -> None:
         if not self.pack.entries:
             return
-        name, data, entries = self.pack.finish()
+        self._puts.append(self._uploader.submit(self._store, self.pack))
         self.pack = PackWriter(self.repo.keys)
-        self._puts.append(self._uploader.submit(self.repo.backend.put, "data", name, data))
-        self.unindexed[name] = entries
         while len(self._puts) > 2:  # at most two packs in memory waiting to be stored
-            self._puts.popleft().result()
-        if len(self.unindexed) >= INDEX_EVERY:
+            self._take_put()
+        if len(self.unindexed) + len(self._puts) >= INDEX_EVERY:
             self.flush_index()
+
+    def _take_put(self) -> None:
+        name, entries = self._puts.popleft().result()
+        self.unindexed[name] = entries
 
     def flush_index(self) -> None:
         while self._puts:  # the packs first: an index never names a pack not yet stored
-            self._puts.popleft().result()
+            self._take_put()
         if self.unindexed:
             self.repo.write_index(self.unindexed)
             for entries in self.unindexed.values():  # now the index cache answers for them
@@ -143,6 +150,7 @@ class StreamWriter:
         self.leaves: list[str] = []
         self.leaf = LeafBuilder()
         self.sealing: collections.deque = collections.deque()
+        self.in_flight = 0  # bytes of cells being sealed
         self.stats = StreamStats(size=size)
 
     def _room(self) -> int:
@@ -169,20 +177,25 @@ class StreamWriter:
         self.leaf.data(chunk_id)
         self._close_leaf_if_full()
 
-    def seal(self, chunk_id: bytes, piece: memoryview) -> None:
-        """Seal a new chunk in the pool; it joins a pack when done."""
+    def seal(self, chunks: list[tuple[bytes, memoryview]]) -> None:
+        """Seal new chunks (one pool job for the batch); they join packs when done."""
+        if not chunks:
+            return
         keys = self.repo.keys
-        self.sealing.append((chunk_id, len(piece), self.repo.pool.submit(
-            keys.seal, piece, chunk_id)))
-        self.writer.pending.add(chunk_id)
-        while len(self.sealing) > SEAL_AHEAD:
+        self.writer.pending.update(chunk_id for chunk_id, _ in chunks)
+        job = self.repo.pool.submit(lambda: [keys.seal(piece, chunk_id)
+                                             for chunk_id, piece in chunks])
+        self.sealing.append(([(chunk_id, len(piece)) for chunk_id, piece in chunks], job))
+        self.in_flight += sum(n for _, n in self.sealing[-1][0])
+        while self.in_flight > SEAL_AHEAD:
             self._drain_one()
 
     def _drain_one(self) -> None:
-        chunk_id, n, future = self.sealing.popleft()
-        sealed = future.result()
-        self.writer.add(BlobType.DATA, chunk_id, sealed, n)
-        self.stats.stored += len(sealed)
+        chunks, job = self.sealing.popleft()
+        for (chunk_id, n), sealed in zip(chunks, job.result()):
+            self.writer.add(BlobType.DATA, chunk_id, sealed, n)
+            self.stats.stored += len(sealed)
+            self.in_flight -= n
 
     def finish(self) -> Stream:
         while self.sealing:
@@ -208,6 +221,7 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
         ids = future.result()
         known = writer.known([i for i in ids if i is not None])
         view = memoryview(data)
+        new: list[tuple[bytes, memoryview]] = []
         for k, chunk_id in enumerate(ids):
             piece = view[k * cell:(k + 1) * cell]
             if chunk_id is None:
@@ -219,8 +233,9 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
             else:
                 known.add(chunk_id)
                 stats.new += len(piece)
-                out.seal(chunk_id, piece)
+                new.append((chunk_id, piece))
             out.data(chunk_id)
+        out.seal(new)
         if progress:
             progress(len(data))
 

@@ -87,7 +87,7 @@ class Keys:
             packed = _zstd_c().compress(data)
             if len(packed) < len(data) * (1 - MIN_SAVING):
                 payload, flags = packed, COMPRESSED
-        envelope = bytes([flags]) + bytes(payload)
+        envelope = (b"\x01" if flags else b"\x00") + payload  # one copy, from any buffer
         if self.enc_key is None:
             return envelope
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
