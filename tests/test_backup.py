@@ -31,6 +31,19 @@ scsi0:1.present = "TRUE"
 scsi0:1.fileName = "data.vmdk"
 nvram = "web.nvram"
 """
+VMSD = """.encoding = "UTF-8"
+snapshot.lastUID = "1"
+snapshot.current = "1"
+snapshot0.uid = "1"
+snapshot0.filename = "web-Snapshot1.vmsn"
+snapshot0.displayName = "base"
+snapshot0.createTimeHigh = "389212"
+snapshot0.createTimeLow = "-1424476416"
+snapshot0.numDisks = "1"
+snapshot0.disk0.fileName = "web.vmdk"
+snapshot0.disk0.node = "scsi0:0"
+snapshot.numSnapshots = "1"
+"""
 
 
 def run(*args: str | Path) -> str:
@@ -74,6 +87,7 @@ def make_vm(folder: Path) -> None:
     (folder / "web.vmx").write_text(VMX)
     (folder / "web.nvram").write_bytes(b"MRVN" + bytes(range(256)) * 8)
     (folder / "vmware.log").write_text("2026-12-03T10:00:00.000Z In(05) vmx Log for VMware\n")
+    (folder / "web.vmsd").write_text(VMSD)
 
 
 @pytest.fixture
@@ -102,7 +116,7 @@ def test_back_up_change_back_up_restore_both(tmp_path, cache, encryption):
     ev1 = backup_json(repo, vm)
     snap1 = ev1[-1]
     assert snap1["event"] == "snapshot" and snap1["vm"] == "web" and snap1["disks"] == 2
-    assert snap1["files"] == 3 and snap1["problems"] == []
+    assert snap1["files"] == 4 and snap1["problems"] == []
     disk1 = {e["disk"]: e["stats"] for e in ev1 if e["event"] == "disk"}
     assert set(disk1) == {"web.vmdk", "data.vmdk"}
     # holes are never read; the 1 MiB of zeros the child wrote over data reads as zero
@@ -140,7 +154,8 @@ def test_whole_vm_folder_restores_runnable(tmp_path, cache):
     for fmt, sub in (("vmdk", "monolithicSparse"), ("vmdk", "streamOptimized"), ("raw", None)):
         target = tmp_path / f"restored-{fmt}-{sub}"
         args = ["--subformat", sub] if sub else []
-        ok("restore", "-r", repo, "latest", "--target", target, "--format", fmt, *args)
+        out = ok("restore", "-r", repo, "latest", "--target", target, "--format", fmt, *args)
+        assert "not restored: web.vmsd: snapshot database" in out.stderr
         names = sorted(p.name for p in target.iterdir())
         flat = ["data-flat.vmdk", "web-flat.vmdk"] if fmt == "raw" else []
         assert names == sorted(["data.vmdk", "vmware.log", "web.nvram", "web.vmdk", "web.vmx",
@@ -195,14 +210,15 @@ def test_listing_cat_and_stats(tmp_path, cache):
     assert disk["facts"]["adapter"] == "lsilogic" or disk["facts"]["adapter"] == "ide"
     assert [i["path"] for i in disk["identity"] if i["role"] == "descriptor"] == [
         "web-000001.vmdk", "web.vmdk"]
-    assert sorted(f["name"] for f in ls["files"]) == ["vmware.log", "web.nvram", "web.vmx"]
+    assert sorted(f["name"] for f in ls["files"]) == ["vmware.log", "web.nvram", "web.vmsd",
+                                                      "web.vmx"]
     cat = vmsift("cat", "-r", repo, "file", "latest", "web.vmx")
     assert cat.returncode == 0 and cat.stdout == VMX
     config = json.loads(ok("cat", "-r", repo, "config").stdout)
     assert config["encryption"] == "repokey" and "id_key" not in config
     stats = json.loads(ok("stats", "--json", "-r", repo).stdout)
     assert stats["snapshots"] == 1 and stats["logical_bytes"] == 104 * MIB + sum(
-        (vm / f).stat().st_size for f in ("vmware.log", "web.nvram", "web.vmx"))
+        (vm / f).stat().st_size for f in ("vmware.log", "web.nvram", "web.vmsd", "web.vmx"))
     assert stats["repository_bytes"] < 5 * MIB   # patterns compress, holes cost nothing
 
 
@@ -292,10 +308,11 @@ def _writable(path: Path) -> None:
     path.chmod(0o644)
 
 
-def test_check_names_what_damage_affects(tmp_path, cache):
+@pytest.mark.parametrize("encryption", ["none", "repokey"])
+def test_check_names_what_damage_affects(tmp_path, cache, encryption):
     vm, repo = tmp_path / "vm", tmp_path / "repo"
     make_vm(vm)
-    ok("init", "-r", repo)
+    ok("init", "-r", repo, "--encryption", encryption)
     ok("backup", "-r", repo, vm)
     ok("check", "-r", repo, "--read-data")
     pack = max(_pack_files(repo), key=lambda p: p.stat().st_size)
@@ -325,7 +342,11 @@ def test_check_names_what_damage_affects(tmp_path, cache):
     index.write_bytes(saved[:-1] + bytes([saved[-1] ^ 1]))
     out = vmsift("check", "-r", repo)
     assert out.returncode == 8 and "index" in out.stderr and "VM 'web'" in out.stderr
+    index.unlink()                                          # missing: its blobs are lost
+    out = vmsift("check", "-r", repo)
+    assert out.returncode == 8 and "not in any index" in out.stderr and "VM 'web'" in out.stderr
     index.write_bytes(saved)
+    ok("check", "-r", repo)
     snap = next((repo / "snapshots").iterdir())
     _writable(snap)
     snap.write_bytes(snap.read_bytes()[:-5])
@@ -354,3 +375,13 @@ def test_backup_refuses_a_disk_that_changes_while_read(tmp_path, cache):
     (snap,) = result.snapshots
     assert [d.name for d in snap.disks] == ["data.vmdk"]
     assert any("changed while it was read" in p and "web-000001.vmdk" in p for p in snap.problems)
+
+
+def test_restore_never_writes_outside_the_target(tmp_path):
+    from vmsift.backup.restorer import _safe_join
+    from vmsift.errors import UnsupportedError
+
+    assert _safe_join(str(tmp_path), "a/b.vmx") == str(tmp_path / "a" / "b.vmx")
+    for name in ("../x", "/etc/passwd", "a/../../x", "", "a//b", "./x"):
+        with pytest.raises(UnsupportedError, match="unsafe name"):
+            _safe_join(str(tmp_path), name)
