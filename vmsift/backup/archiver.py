@@ -21,7 +21,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ from .manifest import LEAF_CELLS, LeafBuilder, leaf_cells
 from .pack import MAX_BLOBS, BlobType, PackEntry, PackWriter
 from .repository import INDEX_EVERY, Repository
 from .snapshot import DiskEntry, FileEntry, Snapshot, Stream
+from .diff import changed_ranges
 from .hints import Hint, choose
 from .sources import open_source
 
@@ -76,6 +77,7 @@ class BlobWriter:
         self.unindexed: dict[str, list[PackEntry]] = {}
         self.pending: set[bytes] = set()
         self._puts: collections.deque[concurrent.futures.Future] = collections.deque()
+        self.packs_written = 0
         self._uploader = concurrent.futures.ThreadPoolExecutor(1, "vmsift-put")
 
     def has(self, blob_id: bytes) -> bool:
@@ -108,6 +110,7 @@ class BlobWriter:
     def _take_put(self) -> None:
         name, entries = self._puts.popleft().result()
         self.unindexed[name] = entries
+        self.packs_written += 1
 
     def flush_index(self) -> None:
         while self._puts:  # the packs first: an index never names a pack not yet stored
@@ -342,33 +345,14 @@ def _changed(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[
             if any(b.get(k) != a.get(k) for k in keys)]
 
 
-def _cell_runs(stream, lo: int, hi: int) -> Iterator[tuple[int, int, bytes | None]]:
-    """(start, end, chunk id or None for zeros) runs of ``stream`` over bytes [lo, hi)."""
-    for off, n, chunk_id in stream.chunks(lo, hi - lo):
-        yield max(off, lo), min(off + n, hi), chunk_id
-
-
 def _missed(base, new, changed: list[tuple[int, int]], cell: int) -> list[tuple[int, int]]:
     """Byte ranges outside ``changed`` whose content differs between ``base`` and ``new``:
-    the blocks a hint missed (compared run by run, from the manifests alone)."""
+    the blocks a hint missed (from the manifests alone)."""
     missed: list[tuple[int, int]] = []
     for first, count, read in cell_plan(changed, cell, new.cells):
-        if read:
-            continue
-        lo, hi = first * cell, min(new.size, (first + count) * cell)
-        a_runs, b_runs = _cell_runs(base, lo, hi), _cell_runs(new, lo, hi)
-        a, b = next(a_runs, None), next(b_runs, None)
-        while a and b:
-            start, end = max(a[0], b[0]), min(a[1], b[1])
-            if a[2] != b[2] and end > start:
-                if missed and missed[-1][0] + missed[-1][1] == start:
-                    missed[-1] = (missed[-1][0], end - missed[-1][0])
-                else:
-                    missed.append((start, end - start))
-            if a[1] <= end:
-                a = next(a_runs, None)
-            if b[1] <= end:
-                b = next(b_runs, None)
+        if not read:
+            missed += changed_ranges(base, new, first * cell,
+                                     min(new.size, (first + count) * cell))
     return missed
 
 

@@ -13,8 +13,8 @@ import traceback
 import click
 
 from ..errors import VmsiftError
-from . import (backup_cmd, disk_cmd, ds_cmd, inspect_cmd, repo_cmd,  # noqa: F401
-               restore_cmd)  # (they register their commands)
+from . import (backup_cmd, disk_cmd, ds_cmd, inspect_cmd, prune_cmd,  # noqa: F401
+               repo_cmd, restore_cmd)  # (they register their commands)
 from .app import cli
 
 INTERNAL_ERROR = 70
