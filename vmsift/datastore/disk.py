@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ChainError, FormatError, UnsupportedError
+from ..errors import ChainError, FormatError, Problem, UnsupportedError
 from ..formats import partition
 from ..formats.vmdk import cowd, sesparse, sparse
 from ..formats.vmdk import descriptor as desc_mod
@@ -47,6 +47,11 @@ class Link:
     @property
     def capacity(self) -> int:
         return self.source.size
+
+    @property
+    def parts(self) -> list[ByteSource]:
+        """The link's extents in order (one source, or the parts of a split disk)."""
+        return list(self.source.parts) if isinstance(self.source, ConcatSource) else [self.source]
 
     def allocated(self) -> int:
         """Bytes this link itself stores on the datastore (DATA runs), from the map only;
@@ -100,6 +105,11 @@ class VirtualDisk(ByteSource):
     @property
     def descriptor(self) -> desc_mod.Descriptor:
         return self.chain[0].descriptor
+
+    def damaged(self) -> list[Problem]:
+        """With salvage: what read as zeros so far, from every extent of every link."""
+        return [note for link in self.chain for part in link.parts
+                for note in getattr(part, "damaged", ())]
 
     def close(self) -> None:
         for link in self.chain:
@@ -293,7 +303,7 @@ def describe(disk: VirtualDisk) -> Report:
     if table.kind is not None:  # a blank disk without a table is not worth a warning
         warnings += [f"partition table: {w}" for w in table.warnings]
     for link in disk.chain:
-        for part in getattr(link.source, "parts", [link.source]):
+        for part in link.parts:
             if isinstance(part, sparse.SparseExtent):
                 warnings += [f"{part.name}: {p}" for p in part.check()]
     return Report("disk", "VMware virtual disk", data, fields, [chain, extents, parts], warnings)

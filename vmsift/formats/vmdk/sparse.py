@@ -18,7 +18,7 @@ from typing import Any
 
 from construct import Bytes, Const, Int8ul, Int16ul, Int32ul, Int64ul, Struct
 
-from ...errors import FormatError, TruncatedError, check_limit
+from ...errors import FormatError, Problem, TruncatedError, check_limit
 from ...report import Report, Table
 from ...source import Alloc, ByteSource, Run, clip, merge_runs
 from . import descriptor as descriptor_mod
@@ -219,7 +219,7 @@ class SparseExtent(ByteSource):
         self.file = src
         self.name = src.name
         self.salvage = salvage
-        self.damaged: list[str] = []  # with salvage: what read as zeros, and why
+        self.damaged: list[Problem] = []  # with salvage: what read as zeros, and why
         header = header or read_header(src)
         if header.gd_offset == GD_AT_END:
             header = self._footer(src)
@@ -298,7 +298,8 @@ class SparseExtent(ByteSource):
     def _record(self, offset: int, length: int, error: FormatError) -> None:
         """Salvage: note a range that reads as zeros because its grains are damaged."""
         if len(self.damaged) < 1000:
-            note = f"{offset:#x}+{length:#x} read as zeros: {error}"
+            note = Problem(f"{offset:#x}+{length:#x} read as zeros: {error}",
+                           source=error.source, offset=error.offset, kind=error.kind)
             if note not in self.damaged:
                 self.damaged.append(note)
 
