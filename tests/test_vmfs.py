@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import resource
+import stat
 import struct
 import subprocess
 import sys
@@ -160,7 +161,7 @@ def test_root_listing(vol):
     assert names[".sdd.sf"].type is FileType.DIR
     assert names[".fdc.sf"].type is FileType.FILE
     assert names["symlink"].type is FileType.SYMLINK
-    assert names["rdm-rdm.vmdk"].type is FileType.OTHER
+    assert names["rdm-rdm.vmdk"].type is FileType.RDM
     assert names["directory"].type is FileType.DIR
     assert names[".fdc.sf"].inode == 0x00800004
 
@@ -242,7 +243,7 @@ def test_thin_vmdk_map(vol, path, at, zla):
 
 def test_rdm(vol):
     st = vol.stat("rdm-rdm.vmdk")
-    assert st.type is FileType.OTHER
+    assert st.type is FileType.RDM and stat.S_ISREG(st.st_mode)
     assert st.size == 6969 * GiB
     assert st.extra["descriptor_type"] == "rdm"
     assert st.extra["rdm"]["type"] == 1
@@ -430,7 +431,7 @@ def test_against_dissect(names, cache_dir):
                 elif fd.is_symlink():
                     assert ours.readlink(p) == fd.link
                 elif fd.is_rdm():
-                    assert st.type is FileType.OTHER
+                    assert st.type is FileType.RDM
                 elif fd.size < 300 * MiB:
                     assert ours.open(p).read(0, fd.size) == fd.open().read(), p
 
