@@ -224,17 +224,6 @@ def test_vmfs_image_through_the_datastore_layer(cache_dir):
     assert out.returncode == 0 and out.stdout == open_datastore([path]).open("small").read(0, 5).decode()
 
 
-@pytest.fixture(scope="module")
-def kernel_images(cache_dir):
-    from tests.fixtures import ocfs2_kernel
-    from tests.helpers import missing
-
-    gone = ocfs2_kernel.missing_tools()
-    if gone:
-        missing(f"tools to build OCFS2 images: {', '.join(gone)}")
-    return ocfs2_kernel.build_images(cache_dir)
-
-
 def _md5(data: bytes) -> str:
     import hashlib
     return hashlib.md5(data).hexdigest()

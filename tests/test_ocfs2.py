@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.fixtures import ocfs2_mkfs
-from tests.helpers import missing, mutate, require_tool, vmsift
+from tests.helpers import mutate, require_tool, vmsift
 from vmsift.datastore import ocfs2
 from vmsift.datastore.ocfs2 import Ocfs2Volume
 from vmsift.datastore.volume import FileType
@@ -525,21 +525,6 @@ def test_huge_size_fields_stay_bounded(mkfs_images, tmp_path):
 
 
 # ---- kernel-written images ---------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def kernel_images(cache_dir):
-    try:
-        from tests.fixtures import ocfs2_kernel
-    except ImportError:
-        missing("tests/fixtures/ocfs2_kernel.py")
-    gone = ocfs2_kernel.missing_tools()
-    if gone:
-        missing(f"tools for the OCFS2 kernel images: {', '.join(gone)}")
-    try:
-        return ocfs2_kernel.build_images(cache_dir)
-    except ocfs2_kernel.GuestBuildError as e:
-        missing(f"kernel-built OCFS2 images ({str(e)[:200]})")
-
 
 KERNEL = ["max4k", "default1k", "ovm4k1m"]
 
