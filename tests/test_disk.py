@@ -10,7 +10,8 @@ from tests.helpers import require_tool, vmsift
 from vmsift.datastore.disk import describe, open_disk
 from vmsift.datastore.export import export_raw
 from vmsift.datastore.folder import FolderVolume
-from vmsift.errors import ChainError, ErrorKind, SourceError, TruncatedError, UnsupportedError
+from vmsift.errors import (ChainError, ErrorKind, Problem, SourceError, TruncatedError,
+                           UnsupportedError)
 from vmsift.source import Alloc
 
 GiB = 1 << 30
@@ -156,6 +157,9 @@ def test_cid_mismatch_is_an_error_unless_asked(disks, tmp_path):
         open_disk(FolderVolume(d), "child2.vmdk")
     with open_disk(FolderVolume(d), "child2.vmdk", strict=False) as disk:
         assert len(disk.warnings) == 1 and "parent changed" in disk.warnings[0]
+        problem = disk.warnings[0]  # a record: the same line, and whose it is
+        assert isinstance(problem, Problem) and problem.source == "child1.vmdk"
+        assert str(problem) == f"child1.vmdk: {problem.what}"
 
 
 def _delta(path: Path, parent: str, extent: str = "child1.vmdk"):

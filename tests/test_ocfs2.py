@@ -20,7 +20,8 @@ from tests.helpers import mutate, require_tool, vmsift
 from vmsift.datastore import ocfs2
 from vmsift.datastore.ocfs2 import Ocfs2Volume
 from vmsift.datastore.volume import FileType
-from vmsift.errors import FormatError, SourceError, TruncatedError, UnsupportedError, VmsiftError
+from vmsift.errors import (FormatError, Problem, SourceError, TruncatedError, UnsupportedError,
+                           VmsiftError)
 from vmsift.formats import ocfs2 as ocfs2_format
 from vmsift.formats.ocfs2.checksum import heartbeat_crc, metaecc_crc, stored_crc
 from vmsift.source import Alloc, ByteSource, BytesSource, FileSource, clip
@@ -386,6 +387,7 @@ def test_truncated_image(mkfs_images, tmp_path):
         f.truncate(last + 10)
     with Ocfs2Volume(FileSource(img)) as v:
         assert any("truncated" in w for w in v.warnings)
+        assert all(isinstance(w, Problem) and w.source == str(img) for w in v.warnings)
         f = v.open("//journal:0001")
         assert f.size == journal.size
         with pytest.raises(TruncatedError) as err:

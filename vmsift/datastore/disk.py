@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ChainError, FormatError, Problem, UnsupportedError
+from ..errors import ChainError, ErrorKind, FormatError, Problem, UnsupportedError
 from ..formats import partition
 from ..formats.vmdk import cowd, sesparse, sparse
 from ..formats.vmdk import descriptor as desc_mod
@@ -84,7 +84,7 @@ class Link:
 class VirtualDisk(ByteSource):
     """The flattened disk: reads and maps go through the chain, newest link first."""
 
-    def __init__(self, volume: Volume, chain: list[Link], warnings: list[str]):
+    def __init__(self, volume: Volume, chain: list[Link], warnings: list[Problem]):
         self.volume = volume
         self.chain = chain
         self.warnings = warnings
@@ -221,7 +221,7 @@ def open_disk(volume: Volume, path: str, *, strict: bool = True,
     and escapes stay errors. ``options``: the device behind a raw device mapping, salvage.
     """
     chain: list[Link] = []
-    warnings: list[str] = []
+    warnings: list[Problem] = []
     seen: set[str] = set()
     current = posixpath.normpath(path)
     try:
@@ -252,7 +252,7 @@ def open_disk(volume: Volume, path: str, *, strict: bool = True,
     return VirtualDisk(volume, chain, warnings)
 
 
-def _check_link(child: Link, parent: Link, strict: bool, warnings: list[str]) -> None:
+def _check_link(child: Link, parent: Link, strict: bool, warnings: list[Problem]) -> None:
     problems = []
     if child.parent_cid != parent.cid:
         problems.append(
@@ -264,7 +264,7 @@ def _check_link(child: Link, parent: Link, strict: bool, warnings: list[str]) ->
     for problem in problems:
         if strict:
             raise ChainError(problem, source=child.path)
-        warnings.append(f"{child.path}: {problem}")
+        warnings.append(Problem.at(child.path, None, problem, ErrorKind.DAMAGED))
 
 
 def describe(disk: VirtualDisk) -> Report:
@@ -305,5 +305,5 @@ def describe(disk: VirtualDisk) -> Report:
     for link in disk.chain:
         for part in link.parts:
             if isinstance(part, sparse.SparseExtent):
-                warnings += [f"{part.name}: {p}" for p in part.check()]
+                warnings += [Problem.at(part.name, None, p) for p in part.check()]
     return Report("disk", "VMware virtual disk", data, fields, [chain, extents, parts], warnings)
