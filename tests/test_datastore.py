@@ -9,11 +9,12 @@ import pytest
 
 from tests.helpers import require_tool, vmsift
 from vmsift import cache as cache_mod
+from vmsift.cache import LruCache
 from vmsift.datastore.detect import open_datastore
 from vmsift.datastore.extract import extract
 from vmsift.datastore.folder import FolderVolume
 from vmsift.datastore.vm import find_vms
-from vmsift.datastore.volume import FileType, LruCache
+from vmsift.datastore.volume import FileType
 from vmsift.errors import ErrorKind, SourceError, UnsupportedError
 
 MiB = 1 << 20

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ..cache import LruCache
 from ..errors import (ErrorKind, FormatError, LimitError, Problem, SourceError, TruncatedError,
                       UnsupportedError, VmsiftError)
 from ..formats.ocfs2 import structs as S
@@ -33,7 +34,7 @@ from ..formats.ocfs2.records import (BLOCK_SIZES, SUPERBLOCK_BLKNO, Inode, RawDi
                                      parse_inode, parse_superblock)
 from ..report import Report, Table, size_field
 from ..source import Alloc, ByteSource, Run, clip, merge_runs
-from .volume import DirEntry, FileStat, FileType, LruCache, Volume, normalize, not_a_file
+from .volume import DirEntry, FileStat, FileType, Volume, normalize, not_a_file
 
 KIND = "ocfs2"
 MAX_TREE_DEPTH = 8               # real trees stay below 6

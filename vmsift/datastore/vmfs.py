@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ..cache import LruCache
 from ..errors import (ErrorKind, FormatError, LimitError, Problem, SourceError,
                       UnsupportedError, VmsiftError, check_limit)
 from ..formats.vmfs import fs as F
@@ -30,7 +31,7 @@ from ..formats.vmfs.resource import HEADER_SIZE, ResourceGeometry
 from ..report import Report, Table, size_field
 from ..source import Alloc, ByteSource, Run, clip, merge_runs
 from .vmfs_lvm import assemble
-from .volume import DirEntry, FileStat, FileType, LruCache, Volume, normalize, not_a_file
+from .volume import DirEntry, FileStat, FileType, Volume, normalize, not_a_file
 
 KIND = "vmfs"
 MAX_DIR_BYTES = 64 << 20  # a directory file larger than this is damage (VMFS5: ~480k names)

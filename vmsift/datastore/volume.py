@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..cache import LruCache  # noqa: F401 - volumes import it from here
+from ..cache import LruCache  # noqa: F401 - its old home: callers may still import it here
 from ..errors import ChainError, ErrorKind, Problem, SourceError, VmsiftError
 from ..report import Report
 from ..source import ByteSource
