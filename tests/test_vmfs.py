@@ -7,10 +7,10 @@ import hashlib
 import json
 import os
 import resource
+import stat
 import struct
 import subprocess
 import sys
-import time
 import tracemalloc
 
 import pytest
@@ -161,7 +161,7 @@ def test_root_listing(vol):
     assert names[".sdd.sf"].type is FileType.DIR
     assert names[".fdc.sf"].type is FileType.FILE
     assert names["symlink"].type is FileType.SYMLINK
-    assert names["rdm-rdm.vmdk"].type is FileType.OTHER
+    assert names["rdm-rdm.vmdk"].type is FileType.RDM
     assert names["directory"].type is FileType.DIR
     assert names[".fdc.sf"].inode == 0x00800004
 
@@ -225,20 +225,17 @@ def test_collision_directory(vol):
 @pytest.mark.parametrize("path, at, zla", [("normal-flat.vmdk", 42 * GiB, "pointer_block"),
                                            ("large-flat.vmdk", 117 * GiB, "double_indirect")])
 def test_thin_vmdk_map(vol, path, at, zla):
-    """Thin files map as holes around the one written MiB, from metadata, in milliseconds."""
+    """Thin files map as holes around the one written MiB, from metadata alone (bounded memory)."""
     f = vol.open(path)
     assert f.size == (69 * GiB if path.startswith("normal") else 42 * 1024 * GiB)
     assert vol.stat(path).extra["zla"] == zla
     tracemalloc.start()
-    t0 = time.perf_counter()
     runs = list(f.extents())
-    elapsed = time.perf_counter() - t0
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert runs == [Run(0, at, Alloc.HOLE), Run(at, MiB, Alloc.DATA),
                     Run(at + MiB, f.size - at - MiB, Alloc.HOLE)]
     assert peak < 8 * MiB
-    assert elapsed < 5  # generous: the map is metadata only (milliseconds in practice)
     assert f.read(at, 512) == b"\x42" * 512
     assert f.read(at - 4, 8) == b"\0" * 4 + b"\x42" * 4
     assert f.read(10 * GiB, 4096) == bytes(4096)
@@ -246,7 +243,7 @@ def test_thin_vmdk_map(vol, path, at, zla):
 
 def test_rdm(vol):
     st = vol.stat("rdm-rdm.vmdk")
-    assert st.type is FileType.OTHER
+    assert st.type is FileType.RDM and stat.S_ISREG(st.st_mode)
     assert st.size == 6969 * GiB
     assert st.extra["descriptor_type"] == "rdm"
     assert st.extra["rdm"]["type"] == 1
@@ -434,7 +431,7 @@ def test_against_dissect(names, cache_dir):
                 elif fd.is_symlink():
                     assert ours.readlink(p) == fd.link
                 elif fd.is_rdm():
-                    assert st.type is FileType.OTHER
+                    assert st.type is FileType.RDM
                 elif fd.size < 300 * MiB:
                     assert ours.open(p).read(0, fd.size) == fd.open().read(), p
 

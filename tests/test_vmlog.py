@@ -22,7 +22,7 @@ from vmsift.formats.vmlog import Level, Style
 from vmsift.source import BytesSource, FileSource
 
 LOGS = FIXTURES / "logs"
-FUZZ = settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 UTC = timezone.utc
 
 

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
-from .errors import LimitError, SourceError, TruncatedError, UnsupportedError
+from .errors import ErrorKind, LimitError, SourceError, TruncatedError, UnsupportedError
 
 
 class Alloc(enum.Enum):
@@ -127,17 +127,26 @@ class FileSource(ByteSource):
     HOLE runs. Where the file system cannot tell, the whole file is DATA.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, fd: int | None = None):
         self.name = os.fspath(path)
-        try:
-            self._fd = os.open(self.name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except OSError as e:
-            raise SourceError(f"cannot open: {e.strerror}", source=self.name) from None
+        if fd is not None:
+            self._fd = fd
+        else:
+            try:
+                self._fd = os.open(self.name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError as e:
+                raise SourceError(f"cannot open: {e.strerror}", source=self.name,
+                                  kind=ErrorKind.from_errno(e.errno)) from None
         try:
             self.size = os.lseek(self._fd, 0, os.SEEK_END)
         except OSError as e:
             os.close(self._fd)
             raise SourceError(f"cannot find size: {e.strerror}", source=self.name) from None
+
+    @classmethod
+    def from_fd(cls, fd: int, name: str) -> FileSource:
+        """A source over the open descriptor ``fd`` (read-only), which it now owns."""
+        return cls(name, fd=fd)
 
     def read(self, offset: int, length: int) -> bytes:
         start, end = clip(self.size, offset, length)

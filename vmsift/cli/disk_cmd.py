@@ -61,9 +61,8 @@ def _open_disk(vmdk: str, datastore: str | None, no_verify: bool, snapshot: str 
         disk = stack.enter_context(open_disk(volume, rel, strict=not no_verify,
                                              options=OpenOptions(dev, salvage)))
         yield disk
-        for link in disk.chain:
-            for note in getattr(link.source, "damaged", []):
-                click.echo(f"warning: salvaged: {note}", err=True)
+        for note in disk.damaged():
+            click.echo(f"warning: salvaged: {note}", err=True)
 
 
 @disk.command("info")

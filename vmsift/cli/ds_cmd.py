@@ -108,9 +108,7 @@ def ds_ls(image: str, spans: tuple[str, ...], path: str, long: bool, recursive: 
         if st and st.mtime is not None:
             when = dt.datetime.fromtimestamp(st.mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
         link = f" -> {st.symlink_target}" if st and st.symlink_target else ""
-        kind = e.type.value
-        if st and st.extra.get("descriptor_type") == "rdm":  # a VMFS raw device mapping
-            kind = "rdm"
+        kind = e.type.value  # "rdm" for a VMFS raw device mapping
         lines.append(f"{kind:7} {st.size if st else '-':>15} "
                      f"{human_size(st.allocated) if st else '-':>10}  {when}  {name}{link}{mark}")
     if lines:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ChainError, FormatError, UnsupportedError
+from ..errors import ChainError, ErrorKind, FormatError, Problem, UnsupportedError
 from ..formats import partition
 from ..formats.vmdk import cowd, sesparse, sparse
 from ..formats.vmdk import descriptor as desc_mod
@@ -48,6 +48,11 @@ class Link:
     def capacity(self) -> int:
         return self.source.size
 
+    @property
+    def parts(self) -> list[ByteSource]:
+        """The link's extents in order (one source, or the parts of a split disk)."""
+        return list(self.source.parts) if isinstance(self.source, ConcatSource) else [self.source]
+
     def allocated(self) -> int:
         """Bytes this link itself stores on the datastore (DATA runs), from the map only;
         0 for a raw device mapping, whose data is on its LUN."""
@@ -79,7 +84,7 @@ class Link:
 class VirtualDisk(ByteSource):
     """The flattened disk: reads and maps go through the chain, newest link first."""
 
-    def __init__(self, volume: Volume, chain: list[Link], warnings: list[str]):
+    def __init__(self, volume: Volume, chain: list[Link], warnings: list[Problem]):
         self.volume = volume
         self.chain = chain
         self.warnings = warnings
@@ -100,6 +105,11 @@ class VirtualDisk(ByteSource):
     @property
     def descriptor(self) -> desc_mod.Descriptor:
         return self.chain[0].descriptor
+
+    def damaged(self) -> list[Problem]:
+        """With salvage: what read as zeros so far, from every extent of every link."""
+        return [note for link in self.chain for part in link.parts
+                for note in getattr(part, "damaged", ())]
 
     def close(self) -> None:
         for link in self.chain:
@@ -211,7 +221,7 @@ def open_disk(volume: Volume, path: str, *, strict: bool = True,
     and escapes stay errors. ``options``: the device behind a raw device mapping, salvage.
     """
     chain: list[Link] = []
-    warnings: list[str] = []
+    warnings: list[Problem] = []
     seen: set[str] = set()
     current = posixpath.normpath(path)
     try:
@@ -242,7 +252,7 @@ def open_disk(volume: Volume, path: str, *, strict: bool = True,
     return VirtualDisk(volume, chain, warnings)
 
 
-def _check_link(child: Link, parent: Link, strict: bool, warnings: list[str]) -> None:
+def _check_link(child: Link, parent: Link, strict: bool, warnings: list[Problem]) -> None:
     problems = []
     if child.parent_cid != parent.cid:
         problems.append(
@@ -254,7 +264,7 @@ def _check_link(child: Link, parent: Link, strict: bool, warnings: list[str]) ->
     for problem in problems:
         if strict:
             raise ChainError(problem, source=child.path)
-        warnings.append(f"{child.path}: {problem}")
+        warnings.append(Problem.at(child.path, None, problem, ErrorKind.DAMAGED))
 
 
 def describe(disk: VirtualDisk) -> Report:
@@ -293,7 +303,7 @@ def describe(disk: VirtualDisk) -> Report:
     if table.kind is not None:  # a blank disk without a table is not worth a warning
         warnings += [f"partition table: {w}" for w in table.warnings]
     for link in disk.chain:
-        for part in getattr(link.source, "parts", [link.source]):
+        for part in link.parts:
             if isinstance(part, sparse.SparseExtent):
-                warnings += [f"{part.name}: {p}" for p in part.check()]
+                warnings += [Problem.at(part.name, None, p) for p in part.check()]
     return Report("disk", "VMware virtual disk", data, fields, [chain, extents, parts], warnings)
