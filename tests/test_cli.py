@@ -86,3 +86,14 @@ def test_sizes_for_people():
     assert [human_size(n) for n in (None, 0, 1023, 1024, 1_207_959_552, 1258291200)] == [
         "-", "0 bytes", "1023 bytes", "1 KiB", "1.125 GiB", "1.172 GiB"]
     assert size_field(5) == "5 bytes" and size_field(2 << 30) == "2147483648 (2 GiB)"
+
+
+@pytest.mark.parametrize("command", [["inspect"], ["ds", "ls"], ["disk", "info"]])
+def test_named_pipes_and_character_devices_are_refused_not_read(tmp_path, command):
+    fifo = tmp_path / "x.vmdk"
+    os.mkfifo(fifo)  # nobody writes: opening it for reading would wait forever
+    for path in (fifo, "/dev/zero"):
+        out = vmsift(*command, path, timeout=60)
+        assert out.returncode == 6, out.stderr
+        assert "not a regular file or block device" in out.stderr
+        assert ("named pipe" if path == fifo else "character device") in out.stderr
