@@ -44,8 +44,25 @@ def detect(src: ByteSource) -> tuple[ModuleType, str]:
     for module in detectors:
         if ext in getattr(module, "EXTENSIONS", ()):
             return module, "extension"
+    raise UnsupportedError(_not_decodable(src, ext, detectors), source=src.name)
+
+
+def _not_decodable(src: ByteSource, ext: str, detectors: list[ModuleType]) -> str:
+    """Why no detector took ``src``: another disk format (by magic), a datastore volume that
+    `ds` reads, or a ``.vmdk`` that is raw data; else the list of what was tried."""
+    from .datastore import vmfs
+    from .formats import foreign
+
+    if what := foreign.identify(src):
+        return f"not a file vmsift can decode: this is {what}"
+    if vmfs.probe(src):
+        what = "an LVM device of a VMFS datastore" if vmfs.L.probe(src) else \
+            "a VMFS datastore volume"
+        return f"{what}, read with `vmsift ds info {src.name}` (and ds ls, ds vms ...)"
+    if ext == ".vmdk" and (why := foreign.not_vmdk_message(src)):
+        return why
     tried = ", ".join(m.KIND for m in detectors)
-    raise UnsupportedError(f"not a file vmsift can decode (tried: {tried})", source=src.name)
+    return f"not a file vmsift can decode (tried: {tried})"
 
 
 def inspect_source(src: ByteSource) -> Report:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ChainError, FormatError, UnsupportedError
-from ..formats import partition
+from ..formats import foreign, partition
 from ..formats.vmdk import cowd, sesparse, sparse
 from ..formats.vmdk import descriptor as desc_mod
 from ..report import Report, Table, size_field
@@ -117,6 +117,8 @@ def _load_descriptor(volume: Volume, path: str) -> tuple[desc_mod.Descriptor, By
                 raise FormatError("sparse extent without a descriptor: open its descriptor "
                                   "file instead", source=src.name, offset=28)
             return desc, src
+        if why := foreign.not_vmdk_message(src):
+            raise UnsupportedError(why, source=src.name)
         desc = desc_mod.read(src)
     except BaseException:
         src.close()
