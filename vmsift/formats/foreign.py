@@ -9,8 +9,7 @@ A VHD, qcow2 or VDI file renamed ``.vmdk`` is not a damaged VMDK: `identify` say
 from __future__ import annotations
 
 from ..source import ByteSource
-from .vmdk import cowd, sesparse, sparse
-from .vmdk.descriptor import MAX_SIZE as TEXT_LIMIT  # no descriptor is larger
+from .vmdk import cowd, descriptor, sesparse, sparse
 
 SECTOR = 512
 
@@ -44,13 +43,15 @@ def identify(src: ByteSource) -> str | None:
 
 
 def looks_raw(src: ByteSource) -> bool:
-    """True when ``src`` cannot be descriptor text: binary (a NUL in its first 4 KiB) or
-    larger than any descriptor, and no VMDK extent either. Such a file is what qemu-img calls
-    raw."""
+    """True when ``src`` cannot be a descriptor (binary or larger than any, and no descriptor
+    text before its first NUL: qemu-img pads descriptors with NULs) nor a VMDK extent. Such
+    a file is what qemu-img calls raw."""
     head = src.read(0, 4096)
     if head.startswith((sparse.MAGIC, cowd.MAGIC, sesparse.MAGIC_BYTES)):
         return False
-    return src.size > TEXT_LIMIT or b"\0" in head
+    if descriptor.sniff(head.split(b"\0", 1)[0]):
+        return False
+    return src.size > descriptor.MAX_SIZE or b"\0" in head
 
 
 def not_vmdk_message(src: ByteSource) -> str | None:
