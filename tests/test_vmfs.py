@@ -259,6 +259,22 @@ def test_rdm(vol):
     assert vmsift("ds", "ls", "-l", vol.sources[0].name, "rdm-rdm.vmdk").stdout == line + "\n"
 
 
+def test_disk_info_of_a_raw_device_mapping_names_its_mapping_and_unread_partitions(vol):
+    image_path = vol.sources[0].name
+    out = vmsift("disk", "info", "--datastore", image_path, "rdm.vmdk")
+    assert out.returncode == 0, out.stderr
+    fields = dict(line.strip().split("  ", 1) for line in out.stdout.splitlines()[1:]
+                  if line.startswith("  ") and "  " in line.strip())
+    assert fields["raw device mapping"].strip() == \
+        "rdm-rdm.vmdk, virtual mode, LUN not given (--device)"
+    assert fields["partitions"].strip().startswith("not read: raw device mapping")
+    assert "partitions: none" not in out.stdout
+    doc = json.loads(vmsift("disk", "info", "--json", "--datastore", image_path,
+                            "rdm.vmdk").stdout)
+    assert doc["data"]["chain"][0]["raw_device_map"]["mode"] == "virtual"
+    assert doc["data"]["partition_table"] is None and doc["data"]["partitions"] == []
+
+
 def test_locks(vol):
     lock = vol.stat("big").extra["lock"]
     assert lock["type"] == "file descriptor"
