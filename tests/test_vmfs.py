@@ -95,6 +95,20 @@ def test_lvm_logical_volume_bytes(version, order, cache_dir):
     assert lv.read(edge - 2, 4) == bytes([255, 255, 0, 0])
 
 
+@pytest.mark.parametrize("keep", [1_200_000, 2_400_000, 300 * MiB])
+def test_a_cut_copy_of_a_lun_says_how_much_is_missing(tmp_path, cache_dir, keep):
+    full = image("vmfs/vmfs5", cache_dir)  # ESXi made it: its LVM header gives its own size
+    cut = tmp_path / "cut.img"
+    with open(full, "rb") as f, open(cut, "wb") as out:
+        out.write(f.read(keep))
+    missing = os.path.getsize(full) - keep
+    out = vmsift("ds", "ls", cut)
+    assert out.returncode == 3
+    assert "the image is shorter than its volume says" in out.stderr
+    assert f"the file holds {keep} " in out.stderr and f"{missing} bytes" in out.stderr
+    assert "not given" not in out.stderr
+
+
 def test_lvm_header_fields(cache_dir):
     dev = L.read_device(FileSource(image("vmfs/vmfs5", cache_dir)))
     assert (dev.major, dev.minor) == (5, 21)
