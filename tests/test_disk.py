@@ -131,6 +131,20 @@ def test_describe_chain(disks):
     assert report.data["adapter"] == "ide"
 
 
+def test_allocated_of_a_stream_disk_is_what_its_file_stores(tmp_path):
+    # 4 MiB of one byte value compress to a file of a few KiB (qemu-img writes it)
+    require_tool("qemu-img")
+    require_tool("qemu-io")
+    run("qemu-img", "create", "-q", "-f", "raw", "src.raw", "64M", cwd=tmp_path)
+    run("qemu-io", "-f", "raw", "-c", "write -P 0x42 0 4M", "src.raw", cwd=tmp_path)
+    run("qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", "src.raw",
+        "s.vmdk", cwd=tmp_path)
+    size = (tmp_path / "s.vmdk").stat().st_size
+    with open_disk(FolderVolume(tmp_path), "s.vmdk") as disk:
+        assert describe(disk).data["chain"][0]["allocated"] == size < 4 * MiB
+        assert disk.read(0, 4 * MiB) == b"\x42" * (4 * MiB)
+
+
 def _copy_chain(src: Path, dst: Path):
     dst.mkdir()
     for name in ("base.vmdk", "child1.vmdk", "child2.vmdk"):
