@@ -227,6 +227,17 @@ def test_ds_ls_of_the_system_directory_keeps_its_prefix(mkfs_images):
     assert vmsift("ds", "ls", "--json", image.path, f"//{orphans}").returncode == 0
 
 
+def test_extract_of_the_root_fills_the_target_itself(mkfs_images, tmp_path):
+    image = mkfs_images["b1k-c4k-default"]
+    root = debugfs_ls(image.path, "/")
+    out = vmsift("ds", "extract", image.path, "/", tmp_path / "out")
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(root)  # no root/
+    # the system directory goes by the same rule (its chain allocators are not byte streams)
+    vmsift("ds", "extract", image.path, "//", tmp_path / "sys")
+    assert "slot_map" in {p.name for p in (tmp_path / "sys").iterdir()}
+
+
 def test_slot_map_and_heartbeat(mkfs_images):
     image = mkfs_images["cluster-membership"]
     with vol(image) as v:

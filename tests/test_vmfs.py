@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import resource
+import stat
 import struct
 import subprocess
 import sys
@@ -418,11 +419,27 @@ def test_extract_with_a_span_device_missing(cache_dir, tmp_path):
     assert proc.returncode == 1, proc.stderr
     failed = [line for line in proc.stderr.splitlines() if line.startswith("warning: not ext")]
     assert len(failed) == 1 and ".vh.sf" in failed[0] and "device that was not given" in failed[0]
-    root = tmp_path / "out" / "root"
+    root = tmp_path / "out"  # the volume's root goes into OUT itself
     assert not (root / ".vh.sf").exists()
     assert (root / ".fdc.sf").stat().st_size == v.stat(".fdc.sf").size
     assert sorted(p.name for p in root.iterdir()) == sorted(
         e.name for e in v.listdir("") if e.name != ".vh.sf")
+
+
+def test_extract_keeps_mode_and_times(tmp_path, cache_dir):
+    """ESXi-made files: 0400 system files, a 0700 folder, 0600 disks; times of 2025. Each
+    extracted copy has dissect.vmfs's mode bits and mtime/atime."""
+    path = image("vmfs/vmfs5", cache_dir)
+    names = [".fbb.sf", ".sdd.sf", "small", "normal.vmdk", "symlink", "directory"]
+    for name in names:
+        assert vmsift("ds", "extract", path, name, tmp_path).returncode == 0
+    with dissect_vmfs(path) as fs:
+        for name in [*names, "directory/file7"]:
+            want, got = fs.get("/" + name), os.lstat(tmp_path / name)
+            assert got.st_mtime == want.mtime.timestamp(), name
+            assert got.st_atime == want.atime.timestamp(), name
+            if not stat.S_ISLNK(want.mode):
+                assert stat.S_IMODE(got.st_mode) == stat.S_IMODE(want.mode), name
 
 
 def test_same_device_twice(cache_dir):
@@ -641,7 +658,7 @@ def test_extract_goes_past_damage(cache_dir, tmp_path):
                  "folder 'collision' skipped"):
         assert any(name in line for line in failed), name
     assert "4 not extracted" in proc.stderr.splitlines()[-1]
-    root = out / "root"
+    root = out
     assert hashlib.md5((root / "big").read_bytes()).hexdigest() == MD5_BIG
     assert hashlib.md5((root / "bigger").read_bytes()).hexdigest() == MD5_BIGGER
     assert os.readlink(root / "symlink") == "/vmfs/volumes/vmfs5/small"

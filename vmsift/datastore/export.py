@@ -57,9 +57,11 @@ def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
 
 def export_raw(src: ByteSource, out_path: str | os.PathLike, *, overwrite: bool = False,
                progress: Callable[[int], None] | None = None, sync: bool = True,
-               block: int = BLOCK) -> ExportStats:
+               block: int = BLOCK, finish: Callable[[int], None] | None = None) -> ExportStats:
     """Write ``src`` to ``out_path`` as a sparse raw image, reading ``block`` bytes at a time
-    (fsynced unless ``sync`` is off, as when many files are extracted)."""
+    (fsynced unless ``sync`` is off, as when many files are extracted). ``finish`` is called
+    with the output's descriptor once its data is written, before it is published (extract
+    sets the source's mode and times there)."""
     written = 0
     pending: collections.deque[concurrent.futures.Future] = collections.deque()
     with atomic_output(out_path, overwrite=overwrite, sync=sync) as fd:
@@ -85,6 +87,8 @@ def export_raw(src: ByteSource, out_path: str | os.PathLike, *, overwrite: bool 
                 while pending:
                     pending.popleft().result()
             os.ftruncate(fd, src.size)
+            if finish:
+                finish(fd)
         except OSError as e:  # the OSError stays as the cause: callers read its errno
             for future in pending:
                 future.cancel()
