@@ -7,8 +7,10 @@ Each format module that `inspect` knows offers three names:
   format; it must be cheap and never raise;
 * ``inspect(src: ByteSource) -> Report``: decode the whole file.
 
-Formats without any header (raw memory, swap) also name ``EXTENSIONS``; those are used only
-when no content test matched, and the report then says ``detected_by = "extension"``.
+Formats without any header (raw memory, swap) also name ``EXTENSIONS``, and text formats
+whose content test can miss a damaged file (``.vmx``, ``vm.cfg``) name ``EXTENSIONS`` or
+file ``NAMES``: those are used only when no content test matched, so the decoder names
+what is wrong, and the report then says ``detected_by = "extension"``.
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ def detect(src: ByteSource) -> tuple[ModuleType, str]:
         if module.sniff(head):
             return module, "content"
     ext = os.path.splitext(src.name)[1].lower()
+    name = os.path.basename(src.name).lower()
     for module in detectors:
-        if ext in getattr(module, "EXTENSIONS", ()):
+        if ext in getattr(module, "EXTENSIONS", ()) or name in getattr(module, "NAMES", ()):
             return module, "extension"
     raise UnsupportedError(_not_decodable(src, ext, detectors), source=src.name)
 
