@@ -12,14 +12,13 @@ import click
 
 from ..errors import SourceError, VmsiftError
 from ..report import Table, human_size, size_field
-from .app import cli
 from .render import document, echo_json, print_report, render_table
 
 if TYPE_CHECKING:
     from ..datastore.volume import DirEntry, Volume
 
 
-@cli.group()
+@click.group()
 def ds() -> None:
     """Open a datastore (folder, VMFS or OCFS2 image, partitioned disk) read-only."""
 
