@@ -11,7 +11,6 @@ from __future__ import annotations
 import array
 import enum
 import sys
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,11 @@ from ...errors import FormatError, TruncatedError, check_limit
 from ...report import Report, Table
 from ...source import Alloc, ByteSource, Run, clip, merge_runs
 from . import descriptor as descriptor_mod
+
+try:  # zlib-ng inflates grains 4-5x faster than zlib (docs/benchmarks.md); same streams
+    from zlib_ng import zlib_ng as zlib
+except ImportError:  # pragma: no cover - the dependency is optional at run time
+    import zlib  # type: ignore[no-redef]
 
 KIND = "vmdk-sparse"
 MAGIC = b"KDMV"
