@@ -8,7 +8,7 @@ monolithicSparse, for the ratio of every subformat). Measured in one run:
   and zlib-ng (`zlib_ng.zlib_ng`): one grain at a time as the reader does
   (``decompressobj().decompress(data, grain)``), and in batches of 64 grains over a pool of
   2 threads (all three release the GIL);
-* whole processes after `sync`, best of 3: `qemu-img convert -O raw` (alone, and followed by
+* whole processes after `sync`, best of 5 (``--runs``): `qemu-img convert -O raw` (alone, and followed by
   `sync` of its output: vmsift fsyncs before it exits, qemu-img does not) and `vmsift disk
   export`, vmsift once with its default inflate and once with zlib-ng hidden (plain zlib);
   each output is compared with the source (`cmp`).
@@ -90,6 +90,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workdir", type=Path)
     ap.add_argument("--size-gib", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=5, help="best of this many (default 5)")
     ap.add_argument("--baseline", type=Path, help="a checkout of an older vmsift, measured "
                     "in the same run (before/after)")
     args = ap.parse_args()
@@ -126,16 +127,16 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for sub, img in images.items():
         convert = ["qemu-img", "convert", "-O", "raw", str(img), str(out)]
-        q, _ = best_of(3, convert, out)
+        q, _ = best_of(args.runs, convert, out)
         # vmsift's output is durable when it exits (fsync); qemu-img's once `sync` is done
-        qs, _ = best_of(3, ["sh", "-c", f"{' '.join(convert)} && sync {out}"], out)
-        v, _ = best_of(3, [*VMSIFT, "disk", "export", str(img), str(out)], out)
+        qs, _ = best_of(args.runs, ["sh", "-c", f"{' '.join(convert)} && sync {out}"], out)
+        v, _ = best_of(args.runs, [*VMSIFT, "disk", "export", str(img), str(out)], out)
         subprocess.run(["cmp", str(out), str(src)], check=True)
-        z, _ = best_of(3, [*PLAIN_ZLIB, "disk", "export", str(img), str(out)], out)
+        z, _ = best_of(args.runs, [*PLAIN_ZLIB, "disk", "export", str(img), str(out)], out)
         subprocess.run(["cmp", str(out), str(src)], check=True)
         b = float("nan")
         if before:
-            b, _ = best_of(3, [*before, "disk", "export", str(img), str(out)], out)
+            b, _ = best_of(args.runs, [*before, "disk", "export", str(img), str(out)], out)
             subprocess.run(["cmp", str(out), str(src)], check=True)
         print(f"| {sub} | {q:.2f} | {qs:.2f} | {v:.2f} | {v / q:.2f} | {v / qs:.2f} | {z:.2f} "
               f"| {z / q:.2f} | {b:.2f} | {b / q:.2f} |")
