@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,20 @@ def test_describe_chain(disks):
     assert chain[0]["allocated"] == 2 * GRAIN  # child2: one grain at 2 GiB - 512, one at 100 MiB
     assert chain[1]["allocated"] == 2 * GRAIN
     assert report.data["adapter"] == "ide"
+
+
+def test_allocated_of_a_stream_disk_is_what_its_file_stores(tmp_path):
+    # 4 MiB of one byte value compress to a file of a few KiB (qemu-img writes it)
+    require_tool("qemu-img")
+    require_tool("qemu-io")
+    run("qemu-img", "create", "-q", "-f", "raw", "src.raw", "64M", cwd=tmp_path)
+    run("qemu-io", "-f", "raw", "-c", "write -P 0x42 0 4M", "src.raw", cwd=tmp_path)
+    run("qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", "src.raw",
+        "s.vmdk", cwd=tmp_path)
+    size = (tmp_path / "s.vmdk").stat().st_size
+    with open_disk(FolderVolume(tmp_path), "s.vmdk") as disk:
+        assert describe(disk).data["chain"][0]["allocated"] == size < 4 * MiB
+        assert disk.read(0, 4 * MiB) == b"\x42" * (4 * MiB)
 
 
 def _copy_chain(src: Path, dst: Path):
@@ -422,3 +437,24 @@ def test_failed_export_with_force_keeps_the_existing_file(disks, tmp_path, fmt):
     out = vmsift("disk", "export", "--force", "--format", fmt,
                  disks / "monolithicSparse" / "base.vmdk", target)
     assert out.returncode == 0 and target.read_bytes() != b"precious evidence"
+
+
+@pytest.mark.parametrize("hide_zlib_ng", [False, True])
+def test_stream_disk_reads_the_same_with_zlib_ng_or_zlib(tmp_path, hide_zlib_ng):
+    # zlib-ng inflates grains when installed; without it the standard zlib does
+    require_tool("qemu-img")
+    require_tool("qemu-io")
+    run("qemu-img", "create", "-q", "-f", "raw", "src.raw", "16M", cwd=tmp_path)
+    run("qemu-io", "-f", "raw", "-c", "write -P 0x5a 1M 3M", "-c", "write -P 0 8M 64k",
+        "src.raw", cwd=tmp_path)
+    run("qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", "src.raw",
+        "s.vmdk", cwd=tmp_path)
+    code = ("import sys\n" + ("sys.modules['zlib_ng'] = None\n" if hide_zlib_ng else "") +
+            "from vmsift.formats.vmdk import sparse\nprint(sparse.zlib.__name__)\n"
+            "from vmsift.cli import main\nsys.exit(main(sys.argv[1:]))")
+    out = subprocess.run([sys.executable, "-c", code, "disk", "export", str(tmp_path / "s.vmdk"),
+                          str(tmp_path / "out.raw")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    if hide_zlib_ng:
+        assert out.stdout.split() == ["zlib"]
+    assert (tmp_path / "out.raw").read_bytes() == (tmp_path / "src.raw").read_bytes()

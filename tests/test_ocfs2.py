@@ -4,6 +4,7 @@ kernel-written images with files; debugfs.ocfs2, fsck.ocfs2 and blkid are the or
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import stat as stat_mod
 import struct
@@ -206,6 +207,36 @@ def test_system_files_read_like_debugfs(mkfs_images, name):
                 assert sum(n * image.cluster_size for _, n, _, _ in expected) >= st_.size
                 phys = [p for _, _, k, p in f.physical_runs() if k is Alloc.DATA]
                 assert phys[0] == expected[0][2] * image.block_size
+
+
+def test_ds_ls_of_the_system_directory_keeps_its_prefix(mkfs_images):
+    image = mkfs_images["b1k-c4k-default"]
+    system = debugfs_ls(image.path, "//")  # the oracle: names and sizes
+    doc = json.loads(vmsift("ds", "ls", "--json", image.path, "//").stdout)
+    got = {e["path"]: e["stat"] for e in doc["entries"]}
+    assert set(got) == {"//" + name for name in system}
+    assert all(got["//" + n]["size"] == e["size"] for n, e in system.items())
+    long = vmsift("ds", "ls", "-l", image.path, "//").stdout.splitlines()
+    sized = {line.split()[-1]: line.split()[1] for line in long}
+    assert sized == {n: str(e["size"]) for n, e in system.items()}
+    assert all(" - " not in line for line in long)  # every entry has its size and time
+    recursive = vmsift("ds", "ls", "-R", image.path, "//").stdout.splitlines()
+    assert set(recursive) >= {"//" + n + ("/" if e["type"] == "d" else "")
+                              for n, e in system.items()}
+    assert "lost+found/" not in recursive
+    orphans = next(n for n, e in system.items() if e["type"] == "d")
+    assert vmsift("ds", "ls", "--json", image.path, f"//{orphans}").returncode == 0
+
+
+def test_extract_of_the_root_fills_the_target_itself(mkfs_images, tmp_path):
+    image = mkfs_images["b1k-c4k-default"]
+    root = debugfs_ls(image.path, "/")
+    out = vmsift("ds", "extract", image.path, "/", tmp_path / "out")
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(root)  # no root/
+    # the system directory goes by the same rule (its chain allocators are not byte streams)
+    vmsift("ds", "extract", image.path, "//", tmp_path / "sys")
+    assert "slot_map" in {p.name for p in (tmp_path / "sys").iterdir()}
 
 
 def test_slot_map_and_heartbeat(mkfs_images):

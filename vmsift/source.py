@@ -12,6 +12,7 @@ import bisect
 import enum
 import errno
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -120,6 +121,10 @@ class BytesSource(ByteSource):
         return self._data[start:end]
 
 
+_KIND_NAMES = {stat.S_IFIFO: "a named pipe", stat.S_IFCHR: "a character device",
+               stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder"}
+
+
 class FileSource(ByteSource):
     """A host file or block device, opened read-only.
 
@@ -133,10 +138,19 @@ class FileSource(ByteSource):
             self._fd = fd
         else:
             try:
-                self._fd = os.open(self.name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below)
+                self._fd = os.open(self.name, os.O_RDONLY | os.O_NONBLOCK |
+                                   getattr(os, "O_CLOEXEC", 0))
             except OSError as e:
                 raise SourceError(f"cannot open: {e.strerror}", source=self.name,
                                   kind=ErrorKind.from_errno(e.errno)) from None
+        mode = os.fstat(self._fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            os.close(self._fd)
+            kind = _KIND_NAMES.get(stat.S_IFMT(mode), "a special file")
+            raise SourceError(f"not a regular file or block device ({kind}): refused, a read "
+                              "of it may never end", source=self.name, kind=ErrorKind.NOT_A_FILE)
+        os.set_blocking(self._fd, True)
         try:
             self.size = os.lseek(self._fd, 0, os.SEEK_END)
         except OSError as e:

@@ -58,7 +58,7 @@ def _identity_now(volume: Volume, before: list[dict[str, Any]]) -> list[dict[str
     out = []
     for item in before:
         try:
-            st = volume.stat(item["path"])
+            st = volume.lookup(item["path"])
             out.append({**item, "size": st.size, "mtime": st.mtime, "file_id": st.inode})
         except VmsiftError as e:
             out.append({**item, "error": str(e)})

@@ -11,7 +11,6 @@ import click
 
 from ..errors import PartialError
 from ..report import human_size
-from .app import cli
 from .repo_cmd import open_repo, parse_duration, repo_options, retry_lock_option
 
 
@@ -34,7 +33,7 @@ def _line(e: dict) -> str:
             f"stored, {s['seconds']:.1f} s")
 
 
-@cli.command("backup")
+@click.command("backup")
 @repo_options
 @click.argument("source", type=click.Path(exists=True))
 @click.option("--span", "spans", multiple=True, type=click.Path(exists=True),

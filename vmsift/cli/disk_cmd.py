@@ -8,11 +8,10 @@ import sys
 
 import click
 
-from .app import cli
 from .render import document, echo_json, print_report
 
 
-@cli.group()
+@click.group()
 def disk() -> None:
     """Open a VMware virtual disk with its snapshot chain: info, map, export."""
 

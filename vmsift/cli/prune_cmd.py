@@ -6,7 +6,6 @@ from __future__ import annotations
 import click
 
 from ..report import human_size
-from .app import cli
 from .render import document, echo_json
 from .repo_cmd import open_repo, parse_duration, repo_options, retry_lock_option
 
@@ -34,7 +33,7 @@ def _prune(repo, max_unused: str, dry_run: bool, as_json: bool) -> dict:
     return r.to_dict()
 
 
-@cli.command("forget")
+@click.command("forget")
 @repo_options
 @click.option("--keep-last", type=int, default=0, metavar="N", help="The newest N per VM.")
 @click.option("--keep-hourly", type=int, default=0, metavar="N")
@@ -83,7 +82,7 @@ def forget_cmd(repo_path, password_file, keep_last, keep_hourly, keep_daily, kee
                    f"{s.time:%Y-%m-%d %H:%M}")
 
 
-@cli.command("prune")
+@click.command("prune")
 @repo_options
 @click.option("--max-unused", default="5", show_default=True, metavar="PCT",
               help="Unused space allowed to stay in partly used packs (percent of the "

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ChainError, ErrorKind, FormatError, Problem, UnsupportedError
-from ..formats import partition
+from ..formats import foreign, partition
 from ..formats.vmdk import cowd, sesparse, sparse
 from ..formats.vmdk import descriptor as desc_mod
 from ..report import Report, Table, size_field
@@ -127,6 +127,8 @@ def _load_descriptor(volume: Volume, path: str) -> tuple[desc_mod.Descriptor, By
                 raise FormatError("sparse extent without a descriptor: open its descriptor "
                                   "file instead", source=src.name, offset=28)
             return desc, src
+        if why := foreign.not_vmdk_message(src):
+            raise UnsupportedError(why, source=src.name)
         desc = desc_mod.read(src)
     except BaseException:
         src.close()
@@ -290,15 +292,25 @@ def describe(disk: VirtualDisk) -> Report:
     extents = Table("extents of " + top.path, ["access", "sectors", "type", "file", "offset"],
                     [[e.access, e.sectors, e.type, e.filename, e.offset]
                      for e in top.descriptor.extents])
+    for link in disk.chain:
+        if rdm := link.raw_device_map():
+            key = "raw device mapping" + (f" of {link.path}" if len(disk.chain) > 1 else "")
+            fields[key] = (
+                f"{rdm['mapping_file']}, {rdm['mode']} mode"
+                + ("" if rdm["data_present"] else ", LUN not given (--device)"))
+    tables = [chain, extents]
     try:
         table = partition.read_table(disk)
     except UnsupportedError as e:  # the data is elsewhere (a raw device mapping)
-        table = partition.PartitionTable(None, disk.size, warnings=[f"not read: {e}"])
+        table = partition.PartitionTable(None, disk.size)
+        fields["partitions"] = f"not read: {e.message}"
+    else:
+        fields["partition table"] = table.kind
+        tables.append(Table("partitions", ["#", "start", "size", "type", "name"],
+                            [[p.index, p.start, p.size, p.type_name, p.name]
+                             for p in table.partitions]))
     data["partition_table"] = table.kind
     data["partitions"] = [p.to_dict() for p in table.partitions]
-    fields["partition table"] = table.kind
-    parts = Table("partitions", ["#", "start", "size", "type", "name"],
-                  [[p.index, p.start, p.size, p.type_name, p.name] for p in table.partitions])
     warnings = list(disk.warnings)
     if table.kind is not None:  # a blank disk without a table is not worth a warning
         warnings += [f"partition table: {w}" for w in table.warnings]
@@ -306,4 +318,4 @@ def describe(disk: VirtualDisk) -> Report:
         for part in link.parts:
             if isinstance(part, sparse.SparseExtent):
                 warnings += [Problem.at(part.name, None, p) for p in part.check()]
-    return Report("disk", "VMware virtual disk", data, fields, [chain, extents, parts], warnings)
+    return Report("disk", "VMware virtual disk", data, fields, tables, warnings)

@@ -464,6 +464,16 @@ class Ocfs2Volume(Volume):
             entries.append(DirEntry(self._decode(e.name), kind, e.inode or None, e.deleted))
         return sorted(entries, key=lambda e: (e.name, e.deleted))
 
+    def walk(self, path: str = "", *, deleted: bool = False,
+             problems: list[str] | None = None) -> Iterator[tuple[str, list[DirEntry]]]:
+        """`Volume.walk`; below ``//`` it walks the system directory, folders named ``//...``."""
+        if not path.startswith("//"):
+            yield from super().walk(path, deleted=deleted, problems=problems)
+            return
+        for folder, entries in self.system_volume().walk(path[2:], deleted=deleted,
+                                                         problems=problems):
+            yield "//" + folder, entries
+
     # ---- files ----------------------------------------------------------------------------
     def stat(self, path: str) -> FileStat:
         ino = self.inode(self.inode_number(path))

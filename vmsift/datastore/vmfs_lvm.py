@@ -11,7 +11,7 @@ import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..errors import ErrorKind, FormatError, Problem
+from ..errors import ErrorKind, FormatError, Problem, TruncatedError
 from ..formats.vmfs import lvm as L
 from ..source import Alloc, ByteSource, Run, clip, merge_runs
 
@@ -22,6 +22,7 @@ class _Piece:
     length: int
     source: ByteSource | None  # None: on a device that was not given
     physical: int
+    device_size: int = 0  # the device's size by its LVM header
 
     @property
     def end(self) -> int:
@@ -59,8 +60,12 @@ class LogicalVolume(ByteSource):
             if piece.source is None:
                 raise FormatError(f"LV range {piece.logical:#x}+{piece.length:#x} lives on a "
                                   f"device that was not given", source=self.name, offset=pos)
-            out.append(piece.source.read_exact(piece.physical + pos - piece.logical, n,
-                                               "logical volume extent"))
+            at = piece.physical + pos - piece.logical
+            if at + n > piece.source.size:
+                short = L.cut_copy(piece.source.size, piece.device_size)
+                raise TruncatedError(f"{short}: LV range {pos:#x}+{n:#x} is past its end",
+                                     source=self.name, offset=pos)
+            out.append(piece.source.read_exact(at, n, "logical volume extent"))
         return b"".join(out)
 
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Run]:
@@ -107,7 +112,10 @@ def assemble(sources: list[ByteSource]) -> tuple[LogicalVolume, dict, list[str]]
             warnings.append(Problem(f"ignored logical volume {other[0]} (snapshot {other[1]}) "
                                     f"on {', '.join(s.name for s, _, _ in groups[other])}",
                                     source=groups[other][0][0].name))
-    for src, _ in devices:
+    for src, dev in devices:
+        if src.size < dev.size:
+            warnings.append(Problem(f"{src.name}: {L.cut_copy(src.size, dev.size)}",
+                                    source=src.name))
         if not any(src is m[0] for m in members):
             warnings.append(Problem(f"{src.name} holds no part of logical volume {key[0]}",
                                     source=src.name))
@@ -126,7 +134,7 @@ def assemble(sources: list[ByteSource]) -> tuple[LogicalVolume, dict, list[str]]
                                            f"past the end of the volume ({lv_size:#x}); ignored"))
                 continue
             pieces.append(_Piece(ext.logical, min(ext.length, lv_size - ext.logical), src,
-                                 ext.physical))
+                                 ext.physical, dev.size))
     pieces.sort(key=lambda p: p.logical)
     filled: list[_Piece] = []
     pos = 0
