@@ -125,6 +125,14 @@ _KIND_NAMES = {stat.S_IFIFO: "a named pipe", stat.S_IFCHR: "a character device",
                stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder"}
 
 
+def special_file_error(mode: int, name: str) -> SourceError:
+    """The error for a file that is neither regular nor a block device (a read of a pipe or
+    a character device may never end)."""
+    kind = _KIND_NAMES.get(stat.S_IFMT(mode), "a special file")
+    return SourceError(f"not a regular file or block device ({kind}): refused, a read of it "
+                       "may never end", source=name, kind=ErrorKind.NOT_A_FILE)
+
+
 class FileSource(ByteSource):
     """A host file or block device, opened read-only.
 
@@ -147,9 +155,7 @@ class FileSource(ByteSource):
         mode = os.fstat(self._fd).st_mode
         if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
             os.close(self._fd)
-            kind = _KIND_NAMES.get(stat.S_IFMT(mode), "a special file")
-            raise SourceError(f"not a regular file or block device ({kind}): refused, a read "
-                              "of it may never end", source=self.name, kind=ErrorKind.NOT_A_FILE)
+            raise special_file_error(mode, self.name)
         os.set_blocking(self._fd, True)
         try:
             self.size = os.lseek(self._fd, 0, os.SEEK_END)

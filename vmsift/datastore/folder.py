@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from ..errors import ErrorKind, SourceError
 from ..report import Report, size_field
-from ..source import ByteSource, FileSource
+from ..source import ByteSource, FileSource, special_file_error
 from .volume import DirEntry, FileStat, FileType, Volume, normalize, not_a_file
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -131,6 +131,8 @@ class FolderVolume(Volume):
             try:
                 st = os.lstat(leaf, dir_fd=parent)
                 kind = FileType.from_mode(st.st_mode)
+                if kind is FileType.OTHER:
+                    raise special_file_error(st.st_mode, full)
                 if kind is not FileType.FILE:
                     raise not_a_file(kind, "it", full)
                 fd = os.open(leaf, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
