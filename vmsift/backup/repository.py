@@ -43,6 +43,8 @@ CELL_SIZES = tuple(1 << n for n in range(12, 25))  # 4 KiB .. 16 MiB
 INDEX_EVERY = 16
 MAX_CONFIG = 1 << 20
 MAX_SNAPSHOT = 256 << 20
+FETCH_SPAN = 8 << 20   # one read of a pack fetches neighbouring blobs up to this many bytes
+FETCH_GAP = 64 << 10   # and reads through gaps of unwanted blobs up to this size
 
 
 def _not_ours(backend: Backend) -> str:
@@ -201,30 +203,68 @@ class Repository:
 
     # --- blobs ---------------------------------------------------------------------------
 
+    def _locate(self, blob_id: bytes) -> tuple[str, PackEntry]:
+        found = self.index.lookup(blob_id)
+        if found is None:
+            raise IntegrityError(f"blob {blob_id.hex()[:16]} is not in the index",
+                                 source=self.location)
+        return found
+
+    def _open_blob(self, blob_id: bytes, pack: str, entry: PackEntry, stored: bytes) -> bytes:
+        """The verified plaintext of a blob from its stored bytes."""
+        where = f"data/{pack[:16]} @ {entry.offset:#x}"
+        data = self.keys.unseal(stored, blob_id, f"blob {blob_id.hex()[:16]} ({where})")
+        if len(data) != entry.raw_length:
+            raise IntegrityError(f"blob {blob_id.hex()[:16]} ({where}) is {len(data)} bytes, "
+                                 f"the index says {entry.raw_length}")
+        return self.keys.check_blob(blob_id, data, f"blob {blob_id.hex()[:16]} ({where})")
+
     def load_blob(self, blob_id: bytes, *, cache: bool = True) -> bytes:
         """The verified plaintext of a blob."""
         with self._blob_lock:
             if blob_id in self._blob_cache:
                 self._blob_cache.move_to_end(blob_id)
                 return self._blob_cache[blob_id]
-        found = self.index.lookup(blob_id)
-        if found is None:
-            raise IntegrityError(f"blob {blob_id.hex()[:16]} is not in the index",
-                                 source=self.location)
-        pack, entry = found
-        stored = self.backend.get("data", pack, entry.offset, entry.length)
-        where = f"data/{pack[:16]} @ {entry.offset:#x}"
-        data = self.keys.unseal(stored, blob_id, f"blob {blob_id.hex()[:16]} ({where})")
-        if len(data) != entry.raw_length:
-            raise IntegrityError(f"blob {blob_id.hex()[:16]} ({where}) is {len(data)} bytes, "
-                                 f"the index says {entry.raw_length}")
-        self.keys.check_blob(blob_id, data, f"blob {blob_id.hex()[:16]} ({where})")
+        pack, entry = self._locate(blob_id)
+        data = self._open_blob(blob_id, pack, entry,
+                               self.backend.get("data", pack, entry.offset, entry.length))
         if cache:
             with self._blob_lock:
                 self._blob_cache[blob_id] = data
                 while len(self._blob_cache) > 64:
                     self._blob_cache.popitem(last=False)
         return data
+
+    def load_blobs(self, ids: list[bytes]) -> dict[bytes, bytes]:
+        """Several verified blobs: neighbours in a pack are fetched with one read (at most
+        `FETCH_SPAN` bytes, gaps up to `FETCH_GAP`), reads and decoding run in the pool."""
+        locs: dict[str, list[tuple[PackEntry, bytes]]] = {}
+        for blob_id in dict.fromkeys(ids):
+            pack, entry = self._locate(blob_id)
+            locs.setdefault(pack, []).append((entry, blob_id))
+        groups: list[tuple[str, list[tuple[PackEntry, bytes]]]] = []
+        for pack, items in locs.items():
+            items.sort(key=lambda x: x[0].offset)
+            run: list[tuple[PackEntry, bytes]] = []
+            for item in items:
+                if run and (item[0].offset > run[-1][0].offset + run[-1][0].length + FETCH_GAP
+                            or item[0].offset + item[0].length - run[0][0].offset > FETCH_SPAN):
+                    groups.append((pack, run))
+                    run = []
+                run.append(item)
+            groups.append((pack, run))
+
+        def fetch(group: tuple[str, list[tuple[PackEntry, bytes]]]) -> list[tuple]:
+            pack, run = group
+            lo = run[0][0].offset
+            hi = max(e.offset + e.length for e, _ in run)
+            data = self.backend.get("data", pack, lo, hi - lo)
+            return [(blob_id, pack, e, data[e.offset - lo:e.offset - lo + e.length])
+                    for e, blob_id in run]
+
+        fetched = [x for part in self.pool.map(fetch, groups) for x in part]
+        opened = self.pool.map(lambda x: self._open_blob(*x), fetched)
+        return {x[0]: data for x, data in zip(fetched, opened)}
 
     # --- snapshots -----------------------------------------------------------------------
 
@@ -360,7 +400,7 @@ class StreamSource(ByteSource):
         pieces = list(self.chunks(start, end - start))
         wanted = [c for _, _, c in pieces if c is not None]
         if len(wanted) > 1:
-            loaded = dict(zip(wanted, self.repo.pool.map(self.repo.load_blob, wanted)))
+            loaded = self.repo.load_blobs(wanted)
         else:
             loaded = {c: self.repo.load_blob(c) for c in wanted}
         out = []
