@@ -1,0 +1,507 @@
+"""Back up sources into a repository: each VM (or bare disk) becomes one snapshot.
+
+A SOURCE is a datastore image (VMFS, OCFS2; bare, partitioned or spanned), a datastore or VM
+folder, or one disk (a VMDK of any kind, or a raw image). Per VM: its small files, and each
+disk flattened at its current state, as streams (`chunker` cells, `manifest` leaves).
+
+The pipeline per stream: the map says which cells are DATA; those are read in blocks of
+`BLOCK` bytes on this thread, hashed (keyed blake3) and checked for zeros in the worker pool;
+ids the index already has are reused; the others are sealed (zstd, AES-GCM) in the pool and
+appended to packs, which are stored by one writer thread. An index object is stored after
+every `repository.INDEX_EVERY` packs and at the end, and only then the snapshot: a killed
+backup leaves packs no snapshot names, which `check` reports as unused and nothing else.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import datetime as dt
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..datastore.volume import Volume
+from ..errors import VmsiftError
+from ..source import Alloc, ByteSource
+from .chunker import cell_count, segments
+from .manifest import LEAF_CELLS, LeafBuilder, leaf_cells
+from .pack import MAX_BLOBS, BlobType, PackEntry, PackWriter
+from .repository import INDEX_EVERY, Repository
+from .snapshot import DiskEntry, FileEntry, Snapshot, Stream
+from .diff import changed_ranges
+from .hints import Hint, choose
+from .sources import open_source
+
+BLOCK = 4 << 20          # bytes read from a source at a time (whole cells)
+AHEAD = 8                # blocks read ahead of hashing; bounds memory to AHEAD * BLOCK
+SEAL_AHEAD = 32 << 20   # bytes of cells being sealed at once
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class StreamStats:
+    """What storing one stream took; bytes unless named otherwise."""
+
+    size: int = 0
+    read: int = 0          # read from the source
+    skipped: int = 0       # ZERO / HOLE in the map: never read
+    zero: int = 0          # read, and all zeros
+    reused: int = 0        # chunks the repository already had
+    new: int = 0           # chunks stored now (plaintext)
+    stored: int = 0        # what they took after compression and sealing
+    seconds: float = 0.0
+
+    def add(self, other: StreamStats) -> None:
+        for k in self.__dataclass_fields__:
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: round(v, 3) if isinstance(v, float) else v
+                for k, v in self.__dict__.items()}
+
+
+class BlobWriter:
+    """Puts sealed blobs into packs, stores full packs on a writer thread and writes an index
+    object every `INDEX_EVERY` packs. ``has`` answers for the repository and for what this
+    writer holds but has not indexed yet."""
+
+    def __init__(self, repo: Repository):
+        self.repo = repo
+        self.pack = PackWriter(repo.keys)
+        self.unindexed: dict[str, list[PackEntry]] = {}
+        self.pending: set[bytes] = set()
+        self._puts: collections.deque[concurrent.futures.Future] = collections.deque()
+        self.packs_written = 0
+        self._uploader = concurrent.futures.ThreadPoolExecutor(1, "vmsift-put")
+
+    def has(self, blob_id: bytes) -> bool:
+        return blob_id in self.pending or self.repo.index.lookup(blob_id) is not None
+
+    def known(self, ids: list[bytes]) -> set[bytes]:
+        return {i for i in ids if i in self.pending} | self.repo.index.known(ids)
+
+    def add(self, type_: int, blob_id: bytes, sealed: bytes, raw_length: int) -> None:
+        self.pending.add(blob_id)
+        self.pack.add(type_, blob_id, sealed, raw_length)
+        if self.pack.full or len(self.pack.entries) >= MAX_BLOBS:
+            self.flush_pack()
+
+    def _store(self, pack: PackWriter) -> tuple[str, list[PackEntry]]:
+        name, data, entries = pack.finish()  # joining and naming 16 MiB: off the main thread
+        self.repo.backend.put("data", name, data)
+        return name, entries
+
+    def flush_pack(self) -> None:
+        if not self.pack.entries:
+            return
+        self._puts.append(self._uploader.submit(self._store, self.pack))
+        self.pack = PackWriter(self.repo.keys)
+        while len(self._puts) > 2:  # at most two packs in memory waiting to be stored
+            self._take_put()
+        if len(self.unindexed) + len(self._puts) >= INDEX_EVERY:
+            self.flush_index()
+
+    def _take_put(self) -> None:
+        name, entries = self._puts.popleft().result()
+        self.unindexed[name] = entries
+        self.packs_written += 1
+
+    def flush_index(self) -> None:
+        while self._puts:  # the packs first: an index never names a pack not yet stored
+            self._take_put()
+        if self.unindexed:
+            self.repo.write_index(self.unindexed)
+            for entries in self.unindexed.values():  # now the index cache answers for them
+                self.pending.difference_update(e.id for e in entries)
+            self.unindexed = {}
+
+    def finish(self) -> None:
+        self.flush_pack()
+        self.flush_index()
+        self._uploader.shutdown()
+
+    def abort(self) -> None:
+        for f in self._puts:
+            f.cancel()
+        self._uploader.shutdown(wait=True, cancel_futures=True)
+
+
+def _hash_block(repo: Repository, data: bytes, cell: int) -> list[bytes | None]:
+    """The id of each cell of ``data``, None for an all-zero cell."""
+    view = memoryview(data)
+    zero = bytes(cell)
+    out: list[bytes | None] = []
+    for pos in range(0, len(data), cell):
+        piece = view[pos:pos + cell]
+        # startswith at an offset is a memcmp, without copying the cell out
+        out.append(None if data.startswith(zero[:len(piece)], pos) else repo.keys.blob_id(piece))
+    return out
+
+
+class StreamWriter:
+    """Stores one stream: cells in order in, manifest leaves out."""
+
+    def __init__(self, repo: Repository, writer: BlobWriter, size: int):
+        self.repo, self.writer = repo, writer
+        self.size = size
+        self.cells = cell_count(size, repo.cell_size)
+        self.leaves: list[str] = []
+        self.leaf = LeafBuilder()
+        self.sealing: collections.deque = collections.deque()
+        self.in_flight = 0  # bytes of cells being sealed
+        self.stats = StreamStats(size=size)
+
+    def _room(self) -> int:
+        return leaf_cells(len(self.leaves), self.cells) - self.leaf.cells
+
+    def _close_leaf_if_full(self) -> None:
+        if self._room() == 0:
+            raw = self.leaf.finish()
+            leaf_id = self.repo.keys.blob_id(raw)
+            if not self.writer.has(leaf_id):
+                self.writer.add(BlobType.TREE, leaf_id, self.repo.keys.seal(raw, leaf_id),
+                                len(raw))
+            self.leaves.append(leaf_id.hex())
+            self.leaf = LeafBuilder()
+
+    def empty(self, kind: Alloc, count: int) -> None:
+        while count:
+            n = min(count, self._room())
+            self.leaf.empty(kind, n)
+            count -= n
+            self._close_leaf_if_full()
+
+    def data(self, chunk_id: bytes) -> None:
+        self.leaf.data(chunk_id)
+        self._close_leaf_if_full()
+
+    def seal(self, chunks: list[tuple[bytes, memoryview]]) -> None:
+        """Seal new chunks (one pool job for the batch); they join packs when done."""
+        if not chunks:
+            return
+        keys = self.repo.keys
+        self.writer.pending.update(chunk_id for chunk_id, _ in chunks)
+        job = self.repo.pool.submit(lambda: [keys.seal(piece, chunk_id)
+                                             for chunk_id, piece in chunks])
+        self.sealing.append(([(chunk_id, len(piece)) for chunk_id, piece in chunks], job))
+        self.in_flight += sum(n for _, n in self.sealing[-1][0])
+        while self.in_flight > SEAL_AHEAD:
+            self._drain_one()
+
+    def _drain_one(self) -> None:
+        chunks, job = self.sealing.popleft()
+        for (chunk_id, n), sealed in zip(chunks, job.result()):
+            self.writer.add(BlobType.DATA, chunk_id, sealed, n)
+            self.stats.stored += len(sealed)
+            self.in_flight -= n
+
+    def finish(self) -> Stream:
+        while self.sealing:
+            self._drain_one()
+        if self.cells == 0:
+            return Stream(self.size, self.repo.cell_size, [])
+        assert self.leaf.cells == 0 and len(self.leaves) == -(-self.cells // LEAF_CELLS)
+        return Stream(self.size, self.repo.cell_size, self.leaves)
+
+
+def cell_plan(changed: list[tuple[int, int]] | None, cell: int, cells: int
+              ) -> list[tuple[int, int, bool]]:
+    """(first cell, count, read?) covering every cell: the cells that ``changed`` byte
+    ranges touch are read, the others taken from the previous backup (``changed`` None:
+    read them all)."""
+    if changed is None:
+        return [(0, cells, True)] if cells else []
+    spans: list[list[int]] = []
+    for offset, length in sorted(changed):
+        if length <= 0:
+            continue
+        lo, hi = offset // cell, min(cells, -(-(offset + length) // cell))
+        if spans and lo <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], hi)
+        elif lo < hi:
+            spans.append([lo, hi])
+    plan, pos = [], 0
+    for lo, hi in spans:
+        if lo > pos:
+            plan.append((pos, lo - pos, False))
+        plan.append((lo, hi - lo, True))
+        pos = hi
+    if pos < cells:
+        plan.append((pos, cells - pos, False))
+    return plan
+
+
+def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
+                 progress: Progress | None = None, base=None,
+                 changed: list[tuple[int, int]] | None = None) -> tuple[Stream, StreamStats]:
+    """Store ``src`` as a stream; return it and what it took. With ``base`` (the previous
+    backup of the same disk, a `StreamSource`) and ``changed`` (byte ranges a change hint
+    says may differ from it), only the cells those ranges touch are read; the others are
+    the previous backup's."""
+    started = time.monotonic()
+    cell = repo.cell_size
+    out = StreamWriter(repo, writer, src.size)
+    stats = out.stats
+    per_block = max(BLOCK // cell, 1)
+    hashing: collections.deque = collections.deque()
+
+    def take_hashed() -> None:
+        pos, data, future = hashing.popleft()
+        ids = future.result()
+        known = writer.known([i for i in ids if i is not None])
+        view = memoryview(data)
+        new: list[tuple[bytes, memoryview]] = []
+        for k, chunk_id in enumerate(ids):
+            piece = view[k * cell:(k + 1) * cell]
+            if chunk_id is None:
+                out.empty(Alloc.ZERO, 1)
+                stats.zero += len(piece)
+                continue
+            if chunk_id in known:
+                stats.reused += len(piece)
+            else:
+                known.add(chunk_id)
+                stats.new += len(piece)
+                new.append((chunk_id, piece))
+            out.data(chunk_id)
+        out.seal(new)
+        if progress:
+            progress(len(data))
+
+    def read_cells(first: int, count: int) -> None:
+        for seg in segments(src, cell, first, count):
+            if seg.kind is not Alloc.DATA:
+                while hashing:
+                    take_hashed()
+                n = min(seg.count * cell, src.size - seg.first * cell)
+                out.empty(seg.kind, seg.count)
+                stats.skipped += n
+                if progress:
+                    progress(n)
+                continue
+            for block in range(seg.first, seg.first + seg.count, per_block):
+                n_cells = min(per_block, seg.first + seg.count - block)
+                pos = block * cell
+                n = min(n_cells * cell, src.size - pos)
+                data = src.read_exact(pos, n, "disk data")
+                stats.read += n
+                hashing.append((pos, data, repo.pool.submit(_hash_block, repo, data, cell)))
+                while len(hashing) > AHEAD:
+                    take_hashed()
+
+    def copy_cells(first: int, count: int) -> None:
+        while hashing:
+            take_hashed()
+        end = first + count
+        for c0, n, kind, chunk_id in base.records(first * cell, min(src.size, end * cell)):
+            lo, hi = max(c0, first), min(c0 + n, end)
+            nbytes = min(hi * cell, src.size) - lo * cell
+            if kind is Alloc.DATA:
+                out.data(chunk_id)
+                stats.reused += nbytes
+            else:
+                out.empty(kind, hi - lo)
+                stats.skipped += nbytes
+            if progress:
+                progress(nbytes)
+
+    try:
+        for first, count, read in cell_plan(changed if base is not None else None, cell,
+                                            out.cells):
+            (read_cells if read else copy_cells)(first, count)
+        while hashing:
+            take_hashed()
+        stream = out.finish()
+    finally:
+        for _, _, f in hashing:
+            f.cancel()
+    stats.seconds = time.monotonic() - started
+    return stream, stats
+
+
+@dataclass
+class BackupResult:
+    snapshots: list[Snapshot] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)   # what was not backed up, and why
+    stats: StreamStats = field(default_factory=StreamStats)
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.problems)
+
+
+Events = Callable[[dict[str, Any]], None]
+
+
+def _changed(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[str]:
+    keys = ("size", "mtime", "file_id", "error")
+    return [a["path"] for b, a in zip(before, after)
+            if any(b.get(k) != a.get(k) for k in keys)]
+
+
+def _missed(base, new, changed: list[tuple[int, int]], cell: int) -> list[tuple[int, int]]:
+    """Byte ranges outside ``changed`` whose content differs between ``base`` and ``new``:
+    the blocks a hint missed (from the manifests alone)."""
+    missed: list[tuple[int, int]] = []
+    for first, count, read in cell_plan(changed, cell, new.cells):
+        if not read:
+            missed += changed_ranges(base, new, first * cell,
+                                     min(new.size, (first + count) * cell))
+    return missed
+
+
+def _store_disk(repo: Repository, writer: BlobWriter, plan, volume, parent: DiskEntry | None,
+                hints: str, progress: Progress | None) -> tuple[DiskEntry, StreamStats]:
+    """Store one disk, reading what the best change hint says may have changed (``hints``:
+    ``auto``, ``off`` to read all, ``verify`` to read all and report what a hint missed)."""
+    notes: dict[str, Any] = {}
+    with plan.open() as src:
+        hint = choose(volume, plan.facts, plan.identity, src, parent, repo.cell_size)
+        base = repo.open_stream(parent.stream, parent.name) if parent and hint.changed is not None \
+            else None
+        if hints == "off":
+            hint = Hint("none", None, ["--no-hints: read in full"])
+        if hints == "verify" or hint.changed is None:
+            stream, stats = store_stream(repo, writer, src, progress)
+        else:
+            stream, stats = store_stream(repo, writer, src, progress, base, hint.changed)
+        if hints == "verify" and base is not None and hint.changed is not None:
+            writer.flush_pack()
+            writer.flush_index()  # the new chunks must be indexed to read the new stream
+            missed = _missed(base, repo.open_stream(stream, plan.name), hint.changed,
+                             repo.cell_size)
+            notes["hint_missed"] = [{"offset": o, "length": n} for o, n in missed]
+    if plan.recheck:
+        changed = _changed(plan.identity, plan.recheck())
+        if changed:
+            raise VmsiftError("changed while it was read (" + ", ".join(changed) + "); not "
+                              "recorded: back up a stable copy or a snapshot",
+                              source=plan.path)
+    record = {**stats.to_dict(), "hint": hint.kind, "hint_notes": hint.notes, **notes}
+    return DiskEntry(plan.name, plan.device, plan.path, stream, plan.facts, plan.identity,
+                     record), stats
+
+
+def _store_file(repo: Repository, writer: BlobWriter, volume: Volume, name: str, path: str
+                ) -> tuple[FileEntry, StreamStats]:
+    st = volume.stat(path)
+    with volume.open(path) as src:
+        stream, stats = store_stream(repo, writer, src)
+    return FileEntry(name, stream, st.mode, st.mtime), stats
+
+
+def backup(repo: Repository, paths: list[str], *, vms: tuple[str, ...] = (),
+           disks: tuple[str, ...] = (), tags: tuple[str, ...] = (), host: str | None = None,
+           hints: str = "auto", events: Events | None = None,
+           progress: Callable[[str, int], Progress | None] | None = None) -> BackupResult:
+    """Back up the VMs of the source ``paths`` (one source: a path, or several devices of a
+    spanned volume). ``vms`` and ``disks`` (shell patterns) narrow what is taken. ``events``
+    receives one dict per VM and disk done; ``progress(label, total)`` may give a callback
+    for the bytes of each disk. ``hints``: ``auto`` (use change hints), ``off`` (read every
+    disk in full), ``verify`` (read in full and report what a hint missed). The caller
+    holds a lock."""
+    import fnmatch
+
+    emit = events or (lambda e: None)
+    result = BackupResult()
+    run_id = secrets.token_hex(8)
+    host = host or socket.gethostname()
+    problems: list[str] = []
+    source = os.path.abspath(paths[0])
+    repo.sync_index()
+    writer = BlobWriter(repo)
+    try:
+        with open_source(paths, problems) as (kind, targets):
+            for p in problems:
+                result.problems.append(f"{source}: {p}")
+            chosen = [t for t in targets if not vms or any(
+                fnmatch.fnmatchcase(t.vm["name"] or "", v) for v in vms)]
+            if not chosen:
+                found = ", ".join(t.vm["name"] or "?" for t in targets) or "none"
+                raise VmsiftError(f"no VM to back up (found: {found})", source=source)
+            earlier = repo.snapshots([])  # a damaged old snapshot is for check to report
+            for target in chosen:
+                parent = _previous(earlier, target)
+                snap = _backup_target(repo, writer, target, kind, source, disks, tags, host,
+                                      run_id, emit, progress, result, parent, hints)
+                result.snapshots.append(snap)
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    return result
+
+
+def _previous(snapshots: list[Snapshot], target) -> Snapshot | None:
+    """The newest earlier snapshot of the same VM (kind, name, uuid and configuration
+    path), the base of change hints."""
+    key = tuple(target.vm.get(k) for k in ("kind", "name", "uuid", "config"))
+    same = [s for s in snapshots if tuple(s.vm.get(k) for k in ("kind", "name", "uuid",
+                                                                 "config")) == key]
+    return same[-1] if same else None
+
+
+def _backup_target(repo, writer, target, kind, source, disk_globs, tags, host, run_id, emit,
+                   progress, result, parent: Snapshot | None, hints: str) -> Snapshot:
+    import fnmatch
+
+    started = time.monotonic()
+    total = StreamStats()
+    problems = list(target.warnings)
+    entries: list[DiskEntry] = []
+    for plan in target.disks:
+        if disk_globs and not any(fnmatch.fnmatchcase(plan.name, g) or
+                                  fnmatch.fnmatchcase(plan.device or "", g)
+                                  for g in disk_globs):
+            continue
+        what = f"{target.vm['name']}: disk {plan.name}"
+        if plan.open is None:
+            problems.append(f"disk {plan.name} ({plan.device}) not backed up: {plan.problem}")
+            emit({"event": "disk", "vm": target.vm["name"], "disk": plan.name,
+                  "skipped": plan.problem})
+            continue
+        try:
+            bar = progress(what, plan.facts.get("capacity") or 0) if progress else None
+            before = next((d for d in parent.disks if d.name == plan.name and
+                           d.device == plan.device), None) if parent else None
+            entry, stats = _store_disk(repo, writer, plan, target.volume, before, hints, bar)
+        except VmsiftError as e:
+            problems.append(f"disk {plan.name} ({plan.device}) not backed up: {e}")
+            emit({"event": "disk", "vm": target.vm["name"], "disk": plan.name,
+                  "skipped": str(e)})
+            continue
+        entries.append(entry)
+        total.add(stats)
+        emit({"event": "disk", "vm": target.vm["name"], "disk": plan.name,
+              "stats": stats.to_dict(), "hint": entry.stats["hint"],
+              "hint_notes": entry.stats["hint_notes"],
+              **({"hint_missed": entry.stats["hint_missed"]}
+                 if "hint_missed" in entry.stats else {})})
+    files: list[FileEntry] = []
+    for name, path in target.files:
+        try:
+            entry, stats = _store_file(repo, writer, target.volume, name, path)
+        except VmsiftError as e:
+            problems.append(f"file {name} not backed up: {e}")
+            continue
+        files.append(entry)
+        total.add(stats)
+    writer.flush_pack()
+    writer.flush_index()   # every chunk the snapshot names is indexed before it is stored
+    total.seconds = time.monotonic() - started
+    snap = Snapshot(time=dt.datetime.now(dt.timezone.utc), host=host, source=source,
+                    vm=target.vm, disks=entries, files=files, tags=list(tags), run=run_id,
+                    problems=problems, stats={**total.to_dict(), "source_kind": kind})
+    repo.save_snapshot(snap)
+    result.problems += [f"{target.vm['name']}: {p}" for p in problems]
+    result.stats.add(total)
+    emit({"event": "snapshot", "id": snap.id, "short_id": snap.short_id,
+          "vm": target.vm["name"], "disks": len(entries), "files": len(files),
+          "problems": problems, "stats": total.to_dict()})
+    return snap
