@@ -49,7 +49,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -741,9 +740,9 @@ def report(args, results, layout, started, load_start, thin, big) -> None:
     labels = {}
     if thin:
         labels.update(thin_s=f"{human(args.thin_size)} thin disk (one hole) backup, s")
-    if big:
+    if args.big_size:
         labels.update(big_s=f"{human(args.big_size)} mostly-empty disk (48 MiB written) "
-                            "backup, s")
+                            "backup, s (vmsift only)")
     info = {
         "date": started,
         "versions": versions(),
