@@ -13,7 +13,7 @@ import traceback
 import click
 
 from ..errors import VmsiftError
-from . import disk_cmd, ds_cmd, inspect_cmd  # noqa: F401  (they register their commands)
+from . import disk_cmd, ds_cmd, inspect_cmd, mount_cmd  # noqa: F401  (they register their commands)
 from .app import cli
 
 INTERNAL_ERROR = 70

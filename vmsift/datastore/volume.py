@@ -15,6 +15,7 @@ import enum
 import posixpath
 import re
 import stat as stat_mod
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -52,13 +53,15 @@ class FileType(enum.Enum):
 class LruCache(OrderedDict):
     """A bounded cache of decoded metadata (inodes, directories, pointer blocks): at most
     ``limit`` values, or with ``weight`` (folders: their entry count) values weighing at most
-    ``limit`` together; the newest value stays even when it alone weighs more."""
+    ``limit`` together; the newest value stays even when it alone weighs more. Safe to
+    share between threads (FUSE mounts read several files at once)."""
 
     def __init__(self, limit: int, weight: Callable[[Any], int] | None = None):
         super().__init__()
         self.limit = limit
         self.weight = weight
         self.total = 0
+        self._lock = threading.RLock()
 
     @classmethod
     def for_folders(cls) -> LruCache:
@@ -70,24 +73,27 @@ class LruCache(OrderedDict):
         return self.weight(value) if self.weight else 1
 
     def put(self, key, value):
-        if key in self:
-            self.total -= self._weigh(self[key])
-        self[key] = value
-        self.total += self._weigh(value)
-        self.move_to_end(key)
-        while self.total > self.limit and len(self) > 1:
-            self.total -= self._weigh(self.popitem(last=False)[1])
-        return value
+        with self._lock:
+            if key in self:
+                self.total -= self._weigh(self[key])
+            self[key] = value
+            self.total += self._weigh(value)
+            self.move_to_end(key)
+            while self.total > self.limit and len(self) > 1:
+                self.total -= self._weigh(self.popitem(last=False)[1])
+            return value
 
     def clear(self) -> None:
-        super().clear()
-        self.total = 0
+        with self._lock:
+            super().clear()
+            self.total = 0
 
     def get_or(self, key, make):
         """The cached value of ``key``, or ``make()`` stored under it."""
-        if key in self:
-            self.move_to_end(key)
-            return self[key]
+        with self._lock:
+            if key in self:
+                self.move_to_end(key)
+                return self[key]
         return self.put(key, make())
 
 

@@ -1,0 +1,261 @@
+"""Views: what a mount shows, as `vmsift.fuse.tree` nodes. No view knows about FUSE.
+
+A datastore mount (`datastore_tree`) has two folders at its root, so no name of the volume
+can clash with a view:
+
+* ``files/``: the volume as it is: folders, files (sizes, times, modes, link counts; sparse
+  files keep their holes and show the blocks their allocation map holds), symbolic links,
+  raw device mapping files (their data is on a LUN: reads fail). With ``deleted``, each
+  folder also lists the deleted entries the format keeps, as ``<name> (deleted)`` (names
+  only: the formats keep no data for them).
+* ``vms/<vm>/``: ``info.txt``, the VM's configuration files, ``current/`` and one folder per
+  snapshot, each holding ``<disk>.raw`` (the disk flattened through its chain as it was then)
+  and ``<disk>.p1``, ``<disk>.p2`` ... for each MBR or GPT partition of it.
+
+Extended attributes ``user.vmsift.*`` tell what a file is (inode, allocation summary, CID,
+chain, snapshot uid, raw device mapping, warnings); see docs/fuse.md.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import sys
+from collections.abc import Callable, Iterator
+
+from ..datastore.volume import DirEntry, FileStat, FileType, Volume
+from ..errors import VmsiftError
+from ..formats import partition
+from ..source import Alloc, ByteSource, BytesSource, SliceSource, ZeroSource
+from .tree import Attrs, Dir, File, Node, Symlink, Tree, unique_name
+
+CONFIG_SUFFIXES = (".vmx", ".vmxf", ".vmsd", ".vmtx", ".nvram", ".log", ".cfg")
+
+
+def warn(message: str) -> None:
+    print(f"vmsift: warning: {message}", file=sys.stderr, flush=True)
+
+
+def allocation_summary(opener: Callable[[], ByteSource]) -> str:
+    """``data=<bytes> zero=<bytes> hole=<bytes> runs=<n>`` from a source's allocation map."""
+    totals = {kind: 0 for kind in Alloc}
+    runs = 0
+    with opener() as src:
+        for run in src.extents():
+            totals[run.kind] += run.length
+            runs += 1
+    return " ".join(f"{kind.value}={n}" for kind, n in totals.items()) + f" runs={runs}"
+
+
+def datastore_tree(volume: Volume, *, deleted: bool = False) -> Tree:
+    """The tree of a datastore mount: ``files/`` and ``vms/``."""
+    root = Dir()
+    root.add("files", volume_folder(volume, "", volume.stat(""), deleted))
+    root.add("vms", Dir(lambda: vm_folders(volume)))
+    return Tree(root, name=f"vmsift:{volume.name}")
+
+
+# --- files/ --------------------------------------------------------------------------------
+
+def _attrs(st: FileStat) -> Attrs:
+    """Attributes from a volume's stat: write bits dropped, the owner may always read."""
+    folder = st.type is FileType.DIR
+    perm = (st.mode if st.mode is not None else 0o555) & 0o7555 | (0o500 if folder else 0o400)
+    return Attrs(perm, st.nlink or (2 if folder else 1), None, None, st.atime or 0.0,
+                 st.mtime or 0.0, st.ctime or 0.0)
+
+
+def _stat_xattrs(st: FileStat) -> dict:
+    out = {}
+    if st.inode is not None:
+        out["user.vmsift.inode"] = str(st.inode)
+    if st.extra:
+        out["user.vmsift.stat"] = json.dumps(st.extra, sort_keys=True, default=str)
+    return out
+
+
+def volume_folder(volume: Volume, path: str, st: FileStat, deleted: bool) -> Dir:
+    return Dir(lambda: _folder_entries(volume, path, deleted), _attrs(st), _stat_xattrs(st))
+
+
+def _folder_entries(volume: Volume, path: str, deleted: bool) -> Iterator[tuple[str, Node]]:
+    for entry in volume.listdir(path, deleted=deleted):
+        full = posixpath.join(path, entry.name)
+        if entry.deleted:
+            yield f"{entry.name} (deleted)", _deleted_node(entry)
+            continue
+        try:
+            st = volume.stat(full)
+            node = volume_node(volume, full, st, deleted)
+        except VmsiftError as e:
+            warn(f"{full}: left out of the mount: {e}")
+            continue
+        yield entry.name, node
+
+
+def volume_node(volume: Volume, path: str, st: FileStat, deleted: bool = False) -> Node:
+    """The node of one volume entry (a folder is filled when first listed)."""
+    attrs, xattrs = _attrs(st), _stat_xattrs(st)
+    if st.type is FileType.DIR:
+        return volume_folder(volume, path, st, deleted)
+    if st.type is FileType.SYMLINK:
+        return Symlink(st.symlink_target or volume.readlink(path), attrs, xattrs)
+
+    def opener() -> ByteSource:
+        return volume.open(path)
+
+    if st.type is FileType.OTHER:  # a raw device mapping (data on its LUN) or a device
+        attrs.blocks = 0
+        if "rdm" in st.extra:
+            xattrs["user.vmsift.rdm"] = json.dumps(st.extra["rdm"], sort_keys=True)
+    else:
+        xattrs["user.vmsift.allocation"] = lambda: allocation_summary(opener)
+    return File(opener, st.size, attrs, xattrs)
+
+
+def _deleted_node(entry: DirEntry) -> Node:
+    xattrs = {"user.vmsift.deleted": "1"}
+    if entry.inode is not None:
+        xattrs["user.vmsift.inode"] = str(entry.inode)
+    if entry.type is FileType.DIR:
+        return Dir(attrs=Attrs(0o555, 2, blocks=0), xattrs=xattrs)
+    return File(lambda: ZeroSource(0, entry.name), 0, Attrs(0o444, blocks=0), xattrs)
+
+
+# --- vms/ ----------------------------------------------------------------------------------
+# All use of vmsift.datastore.vm / snapshots / disk is in this section.
+
+def _vm_records(volume: Volume) -> list:
+    """The VMs of the volume (`datastore.vm.VmRecord`); unreadable folders are warned of."""
+    from ..datastore.vm import find_vms
+
+    problems: list[str] = []
+    vms = list(find_vms(volume, problems))
+    for problem in problems:
+        warn(problem)
+    return vms
+
+
+def _disk_file(volume: Volume, vm, disk, snapshot: dict | None) -> str:
+    """The volume path holding ``disk`` of ``vm`` at ``snapshot`` (None: now)."""
+    from ..datastore.snapshots import disk_at_snapshot
+
+    if snapshot is None:
+        return disk.path
+    return disk_at_snapshot(volume, disk.path, str(snapshot["uid"]))
+
+
+def _disk_opener(volume: Volume, vm, path: str) -> Callable[[], ByteSource]:
+    """Opens the flattened disk at ``path`` (VMware: with its chain; Oracle VM: the image)."""
+    from ..datastore.disk import open_disk
+
+    if vm.kind == "oraclevm":
+        return lambda: volume.open(path)
+    return lambda: open_disk(volume, path, strict=False)
+
+
+def _disk_xattrs(src: ByteSource, snapshot: dict | None) -> dict:
+    chain = getattr(src, "chain", None)
+    out: dict = {}
+    if chain:
+        top = chain[0]
+        out["user.vmsift.cid"] = f"{top.cid:08x}" if top.cid is not None else ""
+        out["user.vmsift.chain"] = "\n".join(link.path for link in chain)
+    else:
+        out["user.vmsift.chain"] = src.name
+    if snapshot is not None:
+        out["user.vmsift.snapshot"] = str(snapshot["uid"])
+    if getattr(src, "warnings", None):
+        out["user.vmsift.warnings"] = "\n".join(src.warnings)
+    return out
+
+
+def vm_folders(volume: Volume) -> Iterator[tuple[str, Node]]:
+    """``vms/``: one folder per VM, named by its display name."""
+    for vm in _vm_records(volume):
+        name = vm.name or posixpath.basename(posixpath.dirname(vm.config)) or vm.config
+        yield name, Dir(lambda vm=vm: _vm_entries(volume, vm),
+                        xattrs={"user.vmsift.config": vm.config,
+                                "user.vmsift.uuid": vm.uuid or ""})
+
+
+def _vm_entries(volume: Volume, vm) -> Iterator[tuple[str, Node]]:
+    yield "info.txt", _text_file(vm_info(vm))
+    yield "current", Dir(lambda: _snapshot_disks(volume, vm, None))
+    for snap in vm.snapshots:
+        when = snap.get("create_time")
+        attrs = Attrs(0o555, 2, mtime=float(when) if isinstance(when, (int, float)) else 0.0)
+        yield snap["display_name"] or f"snapshot {snap['uid']}", Dir(
+            lambda snap=snap: _snapshot_disks(volume, vm, snap), attrs,
+            {"user.vmsift.snapshot": str(snap["uid"])})
+    folder = posixpath.dirname(vm.config)
+    for entry in volume.listdir(folder):
+        if entry.type is FileType.FILE and entry.name.lower().endswith(CONFIG_SUFFIXES):
+            full = posixpath.join(folder, entry.name)
+            yield entry.name, volume_node(volume, full, volume.stat(full))
+
+
+def _snapshot_disks(volume: Volume, vm, snapshot: dict | None) -> Iterator[tuple[str, Node]]:
+    """``<disk>.raw`` and ``<disk>.p<n>`` for each disk of ``vm`` at ``snapshot``."""
+    taken: set[str] = set()
+    for disk in vm.disks:
+        if disk.path is None:
+            continue
+        base = posixpath.splitext(posixpath.basename(disk.chain[-1] if disk.chain
+                                                     else disk.path))[0]
+        stem = unique_name(taken, base)
+        taken.add(stem)
+        try:
+            path = _disk_file(volume, vm, disk, snapshot)
+            opener = _disk_opener(volume, vm, path)
+            with opener() as src:
+                size, xattrs = src.size, _disk_xattrs(src, snapshot)
+                try:
+                    table = partition.read_table(src)
+                except VmsiftError as e:
+                    table = partition.PartitionTable(None, src.size, warnings=[str(e)])
+        except VmsiftError as e:
+            warn(f"{vm.config}: disk {disk.device} left out of "
+                 f"{'current' if snapshot is None else snapshot['display_name']}: {e}")
+            continue
+        xattrs["user.vmsift.allocation"] = lambda opener=opener: allocation_summary(opener)
+        yield f"{stem}.raw", File(opener, size, xattrs=xattrs)
+        for part in table.partitions:
+            if part.is_container or part.start >= size:
+                continue
+            length = min(part.size, size - part.start)
+            yield f"{stem}.p{part.index}", File(
+                lambda opener=opener, part=part, length=length:
+                    PartitionSource(opener(), part.start, length),
+                length, xattrs={"user.vmsift.partition": json.dumps(part.to_dict(),
+                                                                    default=str)})
+
+
+class PartitionSource(SliceSource):
+    """A partition of a disk it owns: closing it closes the disk."""
+
+    def close(self) -> None:
+        self.parent.close()
+
+
+def _text_file(text: str) -> File:
+    data = text.encode()
+    return File(lambda: BytesSource(data, "info.txt"), len(data), Attrs(0o444))
+
+
+def vm_info(vm) -> str:
+    """``info.txt``: what vmsift knows of the VM, for people."""
+    lines = [f"name: {vm.name}", f"kind: {vm.kind}", f"config: {vm.config}",
+             f"uuid: {vm.uuid}", "disks:"]
+    for d in vm.disks:
+        lines.append(f"  {d.device}: {d.path or '-'} mode={d.mode} capacity={d.capacity} "
+                     f"stored={d.allocated}")
+        lines += [f"    chain: {link}" for link in d.chain]
+        if d.problem:
+            lines.append(f"    problem: {d.problem}")
+    lines.append("snapshots:")
+    for s in vm.snapshots:
+        mark = " (current)" if s["uid"] == vm.current_snapshot else ""
+        lines.append(f"  {'  ' * s.get('depth', 0)}{s['uid']}: {s['display_name']}{mark}")
+    lines += [f"warning: {w}" for w in vm.warnings]
+    return "\n".join(lines) + "\n"
