@@ -423,7 +423,7 @@ def unmount(mountpoint: str) -> bool:
     """Unmount a vmsift (or any FUSE) mount with ``fusermount3 -u``. Returns True when the
     mount was dead (its serving process had ended) and has been cleaned up."""
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)  # asks the serving process (a stat may be answered by cache)
         dead = False
     except OSError as e:
         if e.errno != errno.ENOTCONN:

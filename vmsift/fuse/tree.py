@@ -68,16 +68,23 @@ class Node:
 
 
 class Dir(Node):
-    """A folder; ``fill()`` yields its (name, node) pairs once, when first needed."""
+    """A folder; ``fill()`` yields its (name, node) pairs once, when first needed. ``size``
+    is what stat shows (a volume's own figure for its folder)."""
 
     type_bits = stat_mod.S_IFDIR
 
     def __init__(self, fill: Callable[[], Iterable[tuple[str, Node]]] | None = None,
-                 attrs: Attrs | None = None, xattrs: dict[str, XattrValue] | None = None):
+                 attrs: Attrs | None = None, xattrs: dict[str, XattrValue] | None = None,
+                 size: int = 0):
         super().__init__(attrs or Attrs(0o555, 2), xattrs)
+        self._size = size
         self._fill = fill
         self._children: dict[str, Node] | None = None if fill else {}
         self._lock = threading.Lock()
+
+    @property
+    def size(self) -> int:
+        return self._size
 
     @property
     def filled(self) -> bool:

@@ -75,7 +75,8 @@ def _stat_xattrs(st: FileStat) -> dict:
 
 
 def volume_folder(volume: Volume, path: str, st: FileStat, deleted: bool) -> Dir:
-    return Dir(lambda: _folder_entries(volume, path, deleted), _attrs(st), _stat_xattrs(st))
+    return Dir(lambda: _folder_entries(volume, path, deleted), _attrs(st), _stat_xattrs(st),
+               st.size)
 
 
 def _folder_entries(volume: Volume, path: str, deleted: bool) -> Iterator[tuple[str, Node]]:
