@@ -392,6 +392,7 @@ SERVER = textwrap.dedent('''
     import sys, threading
     from vmsift.fuse import ops
     from vmsift.fuse.tree import Dir, File, Tree
+    from vmsift.errors import SourceError
     from vmsift.source import ByteSource
 
     released = threading.Event()
@@ -400,8 +401,10 @@ SERVER = textwrap.dedent('''
         def __init__(self, name, gate):
             self.name, self.size, self.gate = name, 1 << 20, gate
         def read(self, offset, length):
-            if self.gate:  # disk a answers only once disk b has been read
-                released.wait(120)
+            if self.gate:  # disk a answers only once disk b has been read (else EIO)
+                open(sys.argv[2], "w").close()  # tells the test a's read has begun
+                if not released.wait(30):
+                    raise SourceError("disk b was not read meanwhile", source=self.name)
             else:
                 released.set()
             return bytes([ord(self.name)]) * min(length, self.size - offset)
@@ -420,7 +423,8 @@ def test_two_readers_of_two_disks_progress_together(tmp_path):
     script.write_text(SERVER)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    proc = subprocess.Popen([sys.executable, str(script), str(mnt)], cwd=ROOT,
+    begun = tmp_path / "a-read-begun"
+    proc = subprocess.Popen([sys.executable, str(script), str(mnt), str(begun)], cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         wait_for(lambda: os.path.ismount(mnt) or proc.poll() is not None, "the mount")
@@ -433,7 +437,7 @@ def test_two_readers_of_two_disks_progress_together(tmp_path):
 
         a = threading.Thread(target=reader, args=("a.raw",))
         a.start()
-        wait_for(lambda: a.is_alive(), "reader a")
+        wait_for(begun.exists, "the read of disk a to begin")
         reader("b.raw")
         a.join(120)
         assert results == {"a.raw": b"a" * 4096, "b.raw": b"b" * 4096}
