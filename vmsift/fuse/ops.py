@@ -366,35 +366,44 @@ def mount(tree: Tree, mountpoint: str, *, foreground: bool = False,
     except RuntimeError as e:
         raise SourceError(f"cannot mount ({e}; is /dev/fuse there, and fusermount3?)",
                           source=mountpoint) from None
-    _widen_readahead(target)
+    device = _device(target)
     if not foreground:
-        _detach()
+        _detach(lambda: _widen_readahead(target, device))
     try:
-        trio.run(_serve)
+        trio.run(_serve, None if not foreground else lambda: _widen_readahead(target, device))
     finally:
         pyfuse3.close(unmount=True)
 
 
-def _widen_readahead(target: str) -> None:
-    """Let the kernel read ahead `MAX_READ` bytes on the mount at ``target`` (a real path;
-    the default, 128 KiB, caps each read request at that); needs root, else it stays."""
+def _device(target: str) -> str | None:
+    """The ``major:minor`` of the mount at ``target`` (from mountinfo: no request to it)."""
+    with open("/proc/self/mountinfo") as f:
+        devices = [line.split()[2] for line in f
+                   if line.split()[4].replace("\\040", " ") == target]
+    return devices[-1] if devices else None
+
+
+def _widen_readahead(target: str, device: str | None) -> None:
+    """Let the kernel read ahead `MAX_READ` bytes on the mount (its default, 128 KiB, caps
+    each read request at that). Set once the kernel's INIT is answered (the answer would
+    lower it again), which the ``statvfs`` waits for; needs root, else the default stays."""
     try:
-        with open("/proc/self/mountinfo") as f:
-            devices = [line.split()[2] for line in f
-                       if line.split()[4].replace("\\040", " ") == target]
-        if devices:
-            with open(f"/sys/class/bdi/{devices[-1]}/read_ahead_kb", "w") as f:
+        os.statvfs(target)
+        if device:
+            with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as f:
                 f.write(str(MAX_READ >> 10))
     except OSError:
         pass
 
 
-def _detach() -> None:
-    """Fork: the parent exits now that the mount is made, the child goes on serving it.
-    The child keeps stderr only when it is a terminal (a pipe would never close)."""
+def _detach(when_served: Callable[[], None]) -> None:
+    """Fork: the child goes on to serve the mount; the parent runs ``when_served`` (which
+    waits for the child's first answer) and exits. The child keeps stderr only when it is
+    a terminal (a pipe would never close)."""
     sys.stdout.flush()
     sys.stderr.flush()
     if os.fork():
+        when_served()
         os._exit(0)
     os.setsid()
     null = os.open(os.devnull, os.O_RDWR)
@@ -405,9 +414,11 @@ def _detach() -> None:
     os.close(null)
 
 
-async def _serve() -> None:
+async def _serve(when_serving: Callable[[], None] | None) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal)
+        if when_serving:
+            nursery.start_soon(trio.to_thread.run_sync, when_serving)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 
