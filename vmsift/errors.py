@@ -88,3 +88,14 @@ def check_limit(value: int, limit: int, what: str, *, source: str | None = None,
     if not 0 <= value <= limit:
         raise LimitError(f"{what} is {value}, outside 0..{limit}", source=source, offset=offset)
     return value
+
+
+class MissingObjectError(RepositoryError):
+    """An object a repository names (pack, index, snapshot, key) is not there."""
+
+
+class PartialError(VmsiftError):
+    """Part of the work could not be done (a disk that could not be read was skipped); the
+    rest was done and kept."""
+
+    exit_code = 10

@@ -13,7 +13,8 @@ import traceback
 import click
 
 from ..errors import VmsiftError
-from . import disk_cmd, ds_cmd, inspect_cmd, mount_cmd  # noqa: F401  (they register their commands)
+from . import (backup_cmd, disk_cmd, ds_cmd, inspect_cmd, mount_cmd,  # noqa: F401
+               repo_cmd, restore_cmd)  # (they register their commands)
 from .app import cli
 
 INTERNAL_ERROR = 70

@@ -5,6 +5,12 @@ volume), and the snapshot tree of its ``.vmsd``. Oracle VM: every ``vm.cfg`` of 
 repository (``VirtualMachines/<id>/vm.cfg``), with its disk images; repository paths
 (``/OVS/Repositories/<repo>/...``) are mapped onto the volume the repository is.
 A VM whose files are damaged is still listed, with the problem in its warnings.
+
+A `VmRecord` is also the handle a backup or a mount works from: its small files by volume
+path (``files``: configuration, snapshot database, NVRAM, logs; not the disks), each disk's
+facts (adapter, geometry, CID, descriptor), its identity (every file of its chain with CID,
+longContentID, size, mtime and volume file id: what tells a later run whether it changed) and
+its change-tracking file decoded; `open_vm_disk` opens a disk now or at a snapshot.
 """
 
 from __future__ import annotations
@@ -14,11 +20,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import VmsiftError
+from ..errors import ChainError, VmsiftError
+from ..formats import ctk as ctk_mod
 from ..formats import vmcfg as vmcfg_mod
 from ..formats import vmsd as vmsd_mod
 from ..formats import vmx as vmx_mod
-from .disk import open_disk
+from ..source import ByteSource
+from .disk import OpenOptions, VirtualDisk, open_disk
+from .snapshots import disk_at_snapshot
 from .volume import FileType, Volume
 
 MAX_CONFIG = 16 << 20
@@ -33,6 +42,14 @@ class VmDisk:
     allocated: int | None = None  # bytes stored by all files of the chain
     chain: list[str] = field(default_factory=list)
     problem: str | None = None
+    facts: dict[str, Any] = field(default_factory=dict)        # adapter, geometry, cid ...
+    identity: list[dict[str, Any]] = field(default_factory=list)  # each file of the chain
+    change_tracking: dict[str, Any] | None = None               # the -ctk.vmdk, decoded
+
+    @property
+    def files(self) -> list[str]:
+        """Volume paths of every file the disk is made of (descriptors, extents, CTK)."""
+        return [f["path"] for f in self.identity]
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -48,6 +65,11 @@ class VmRecord:
     snapshots: list[dict[str, Any]] = field(default_factory=list)
     current_snapshot: int | None = None
     warnings: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # small files: config, vmsd, nvram, logs
+
+    @property
+    def folder(self) -> str:
+        return posixpath.dirname(self.config)
 
     @property
     def capacity(self) -> int:
@@ -61,12 +83,46 @@ class VmRecord:
         return {"kind": self.kind, "name": self.name, "config": self.config, "uuid": self.uuid,
                 "capacity": self.capacity, "allocated": self.allocated,
                 "disks": [d.to_dict() for d in self.disks], "snapshots": self.snapshots,
-                "current_snapshot": self.current_snapshot, "warnings": self.warnings}
+                "current_snapshot": self.current_snapshot, "warnings": self.warnings,
+                "files": self.files}
 
 
 def _read(volume: Volume, path: str) -> bytes:
     with volume.open(path) as src:
         return src.read_all(MAX_CONFIG, "configuration file")
+
+
+def _file_identity(volume: Volume, path: str, **known: Any) -> dict[str, Any]:
+    st = volume.stat(path)
+    return {"path": path, **known, "size": st.size, "mtime": st.mtime, "file_id": st.inode}
+
+
+def _disk_facts(disk: VirtualDisk) -> dict[str, Any]:
+    top, base = disk.chain[0].descriptor, disk.chain[-1].descriptor
+    ddb = {**base.ddb, **top.ddb}
+    geometry = {k: ddb.get(f"geometry.{k}") for k in ("cylinders", "heads", "sectors")}
+    return {"capacity": disk.size, "cid": None if top.cid is None else f"{top.cid:08x}",
+            "create_type": base.create_type, "adapter": ddb.get("adapterType"),
+            "geometry": geometry, "hardware_version": ddb.get("virtualHWVersion"),
+            "uuid": ddb.get("uuid"), "long_content_id": ddb.get("longContentID"),
+            "descriptor": top.dump().decode("utf-8", "replace")}
+
+
+def _change_tracking(volume: Volume, disk: VirtualDisk) -> tuple[dict[str, Any] | None, str | None]:
+    """The top link's change-tracking file decoded, and its volume path."""
+    top = disk.chain[0]
+    name = top.descriptor.change_track_path
+    if not name:
+        return None, None
+    try:
+        path = volume.resolve(posixpath.dirname(top.path), name)
+        with volume.open(path) as src:
+            c = ctk_mod.read(src, strict=False)
+            return {"path": path, "change_id": c.change_id, "change_seq": c.change_seq,
+                    "block_size": c.block_size, "disk_size": c.disk_size,
+                    "warnings": c.warnings}, path
+    except VmsiftError as e:
+        return {"path": name, "error": str(e)}, None
 
 
 def _vmware_disk(volume: Volume, vmx_dir: str, device: vmx_mod.Device) -> VmDisk:
@@ -77,6 +133,17 @@ def _vmware_disk(volume: Volume, vmx_dir: str, device: vmx_mod.Device) -> VmDisk
             disk.capacity = d.size
             disk.chain = [link.path for link in d.chain]
             disk.allocated = sum(link.allocated() for link in d.chain)
+            disk.facts = _disk_facts(d)
+            for link in d.chain:
+                disk.identity.append(_file_identity(
+                    volume, link.path, role="descriptor",
+                    cid=None if link.cid is None else f"{link.cid:08x}",
+                    long_content_id=link.descriptor.ddb_get("longContentID")))
+                disk.identity += [_file_identity(volume, f, role="extent")
+                                  for f in link.extent_files if f != link.path]
+            disk.change_tracking, ctk_path = _change_tracking(volume, d)
+            if ctk_path:
+                disk.identity.append(_file_identity(volume, ctk_path, role="change tracking"))
             problems = list(d.warnings)
             if rdm := d.chain[0].raw_device_map():
                 problems.append(f"raw device mapping ({rdm['mode']}); the data is on its LUN")
@@ -86,6 +153,35 @@ def _vmware_disk(volume: Volume, vmx_dir: str, device: vmx_mod.Device) -> VmDisk
     return disk
 
 
+#: files of a VM folder that are not its small files: disks (stored as disks) and swap
+_NOT_SMALL = (".vmdk", ".vswp")
+
+
+def _small_files(volume: Volume, folder: str, disks: list[VmDisk]) -> list[str]:
+    taken = {f for d in disks for f in d.files}
+    out = []
+    for entry in volume.listdir(folder):
+        path = posixpath.join(folder, entry.name)
+        if entry.type is FileType.FILE and path not in taken and \
+                not entry.name.lower().endswith(_NOT_SMALL):
+            out.append(path)
+    return out
+
+
+def open_vm_disk(volume: Volume, disk: VmDisk, snapshot: str | None = None, *,
+                 strict: bool = True, options: OpenOptions | None = None) -> ByteSource:
+    """``disk`` of a VM opened with its chain: as it is now, or at ``snapshot`` (a name or
+    uid of the VM's .vmsd). An Oracle VM disk image opens as a raw disk."""
+    if disk.path is None:
+        raise ChainError(f"disk {disk.device} is not readable: {disk.problem}")
+    path = disk.path
+    if disk.facts.get("create_type") == "raw image":
+        return volume.open(path)
+    if snapshot is not None:
+        path = disk_at_snapshot(volume, path, snapshot)
+    return open_disk(volume, path, strict=strict, options=options)
+
+
 def _vmware(volume: Volume, path: str) -> VmRecord:
     conf = vmx_mod.parse(_read(volume, path), path)
     folder = posixpath.dirname(path)
@@ -93,6 +189,10 @@ def _vmware(volume: Volume, path: str) -> VmRecord:
              if d.backing and d.present is not False]
     vm = VmRecord("vmware", conf.name, path, conf.get("uuid.bios"), disks,
                   warnings=list(conf.dictionary.warnings))
+    try:
+        vm.files = _small_files(volume, folder, disks)
+    except VmsiftError as e:
+        vm.warnings.append(f"VM folder: {e}")
     vmsd_name = conf.get("snapshot.fileName") or posixpath.splitext(
         posixpath.basename(path))[0] + ".vmsd"
     try:
@@ -132,8 +232,15 @@ def _oraclevm(volume: Volume, path: str) -> VmRecord:
             with volume.open(disk.path) as src:
                 disk.capacity, disk.allocated = src.size, src.stored_bytes()
                 disk.chain = [disk.path]
+                disk.identity = [_file_identity(volume, disk.path, role="image")]
+                disk.facts = {"capacity": src.size, "create_type": "raw image"}
         disks.append(disk)
-    return VmRecord("oraclevm", cfg.simple_name or cfg.name, path, cfg.uuid, disks)
+    vm = VmRecord("oraclevm", cfg.simple_name or cfg.name, path, cfg.uuid, disks)
+    try:
+        vm.files = _small_files(volume, vm.folder, disks)
+    except VmsiftError as e:
+        vm.warnings.append(f"VM folder: {e}")
+    return vm
 
 
 ORACLE_VM_MARKERS = {".ovsrepo": "repository", ".ovspoolfs": "server pool file system"}

@@ -93,8 +93,9 @@ def format_uuid(raw: bytes) -> str:
 
 def build_descriptor(*, filename: str, capacity_sectors: int, create_type: str, cid: int,
                      adapter: str, hw_version: str, disk_uuid: bytes,
-                     long_content_prefix: bytes) -> bytes:
-    """The embedded descriptor text: header, one SPARSE extent, the disk database."""
+                     long_content_prefix: bytes, extent_type: str = "SPARSE") -> bytes:
+    """The descriptor text: header, one extent (SPARSE for the embedded descriptor of our
+    sparse files; FLAT, at offset 0, for a ``monolithicFlat`` descriptor), the disk database."""
     if re.search(r'["\x00-\x1f\x7f]', filename):
         raise UnsupportedError(f"output name {filename!r} cannot be written in a descriptor "
                                f"(quote or control character)", source=filename)
@@ -109,7 +110,7 @@ def build_descriptor(*, filename: str, capacity_sectors: int, create_type: str, 
         f'createType="{create_type}"\n'
         "\n"
         "# Extent description\n"
-        f'RW {capacity_sectors} SPARSE "{filename}"\n'
+        f'RW {capacity_sectors} {extent_type} "{filename}"{" 0" if extent_type == "FLAT" else ""}\n'
         "\n"
         "# The Disk Data Base\n"
         "#DDB\n"

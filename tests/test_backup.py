@@ -1,0 +1,387 @@
+"""The backup engine end to end, on VM folders made by qemu-img: back up, change blocks with
+qemu-io, back up again, restore every disk of both points in time and compare with
+`qemu-img convert` of the source; whole VM folders read back by qemu-img and `ds vms`;
+encrypted and plain; bad passwords, other repositories, locks, damage, a full disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import require_tool, vmsift
+
+MIB = 1 << 20
+VMX = """.encoding = "UTF-8"
+config.version = "8"
+virtualHW.version = "14"
+displayName = "web"
+guestOS = "ubuntu-64"
+uuid.bios = "56 4d 12 34 56 78 9a bc-de f0 12 34 56 78 9a bc"
+memsize = "1024"
+scsi0.present = "TRUE"
+scsi0.virtualDev = "lsilogic"
+scsi0:0.present = "TRUE"
+scsi0:0.fileName = "web-000001.vmdk"
+scsi0:1.present = "TRUE"
+scsi0:1.fileName = "data.vmdk"
+nvram = "web.nvram"
+"""
+VMSD = """.encoding = "UTF-8"
+snapshot.lastUID = "1"
+snapshot.current = "1"
+snapshot0.uid = "1"
+snapshot0.filename = "web-Snapshot1.vmsn"
+snapshot0.displayName = "base"
+snapshot0.createTimeHigh = "389212"
+snapshot0.createTimeLow = "-1424476416"
+snapshot0.numDisks = "1"
+snapshot0.disk0.fileName = "web.vmdk"
+snapshot0.disk0.node = "scsi0:0"
+snapshot.numSnapshots = "1"
+"""
+
+
+def run(*args: str | Path) -> str:
+    out = subprocess.run([str(a) for a in args], capture_output=True, text=True)
+    assert out.returncode == 0, f"{args}: {out.stderr}"
+    return out.stdout
+
+
+def qemu_io(disk: Path, *commands: str) -> None:
+    args = ["qemu-io", "-f", "vmdk"]
+    for c in commands:
+        args += ["-c", c]
+    run(*args, disk)
+
+
+def convert(disk: Path, out: Path, fmt: str = "vmdk") -> bytes:
+    run("qemu-img", "convert", "-f", fmt, "-O", "raw", disk, out)
+    return out.read_bytes()
+
+
+def ok(*args) -> subprocess.CompletedProcess:
+    out = vmsift(*args)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+def make_vm(folder: Path) -> None:
+    """A VM folder: a monolithicSparse base with a -b child (current state) and a split
+    (twoGbMaxExtentSparse) second disk, a .vmx, an NVRAM and a log."""
+    require_tool("qemu-img")
+    require_tool("qemu-io")
+    folder.mkdir()
+    base, child, data = folder / "web.vmdk", folder / "web-000001.vmdk", folder / "data.vmdk"
+    run("qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat=monolithicSparse", base, "64M")
+    qemu_io(base, "write -P 0x11 0 4M", "write -P 0x22 20M 1M", "write -P 0x11 40M 4M")
+    run("qemu-img", "create", "-q", "-f", "vmdk", "-b", "web.vmdk", "-F", "vmdk", child)
+    qemu_io(child, "write -P 0x33 1M 128k", "write -P 0 20M 1M")  # zeros over data
+    run("qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat=twoGbMaxExtentSparse",
+        data, "40M")
+    qemu_io(data, "write -P 0x44 0 3M", "write -P 0x45 30M 64k")
+    (folder / "web.vmx").write_text(VMX)
+    (folder / "web.nvram").write_bytes(b"MRVN" + bytes(range(256)) * 8)
+    (folder / "vmware.log").write_text("2026-12-03T10:00:00.000Z In(05) vmx Log for VMware\n")
+    (folder / "web.vmsd").write_text(VMSD)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("VMSIFT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("VMSIFT_PASSWORD", "correct horse")
+    return tmp_path / "cache"
+
+
+def backup_json(repo: Path, *args) -> list[dict]:
+    out = vmsift("backup", "--json", "-r", repo, *args)
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def stored_bytes(path: Path) -> int:
+    return path.stat().st_blocks * 512
+
+
+@pytest.mark.parametrize("encryption", ["none", "repokey"])
+def test_back_up_change_back_up_restore_both(tmp_path, cache, encryption):
+    vm, repo = tmp_path / "vm", tmp_path / "repo"
+    make_vm(vm)
+    ok("init", "-r", repo, "--encryption", encryption)
+    first = {n: convert(vm / n, tmp_path / f"1-{n}.raw") for n in ("web-000001.vmdk", "data.vmdk")}
+    ev1 = backup_json(repo, vm)
+    snap1 = ev1[-1]
+    assert snap1["event"] == "snapshot" and snap1["vm"] == "web" and snap1["disks"] == 2
+    assert snap1["files"] == 4 and snap1["problems"] == []
+    disk1 = {e["disk"]: e["stats"] for e in ev1 if e["event"] == "disk"}
+    assert set(disk1) == {"web.vmdk", "data.vmdk"}
+    # holes are never read; the 1 MiB of zeros the child wrote over data reads as zero
+    assert disk1["web.vmdk"]["skipped"] >= 54 * MIB and disk1["web.vmdk"]["zero"] == MIB
+    # the second 4 MiB block of 0x11 is a copy of the first: stored once
+    assert disk1["web.vmdk"]["reused"] >= 4 * MIB - 128 * 1024
+    qemu_io(vm / "web-000001.vmdk", "write -P 0x55 8M 64k", "write -P 0x56 33M 64k")
+    qemu_io(vm / "data.vmdk", "write -P 0x57 10M 64k")
+    second = {n: convert(vm / n, tmp_path / f"2-{n}.raw") for n in first}
+    ev2 = backup_json(repo, vm)
+    disk2 = {e["disk"]: e["stats"] for e in ev2 if e["event"] == "disk"}
+    # an incremental stores the changed cells only (64 KiB each), the rest is reused
+    assert disk2["web.vmdk"]["new"] == 2 * 64 * 1024
+    assert disk2["data.vmdk"]["new"] == 64 * 1024
+    snaps = json.loads(ok("snapshots", "--json", "-r", repo).stdout)["snapshots"]
+    assert [s["id"] for s in snaps] == [snap1["id"], ev2[-1]["id"]]
+    for snap, expected in ((snap1["short_id"], first), ("latest:web", second)):
+        out = tmp_path / f"out-{snap}"
+        for name, image in (("web.vmdk", "web-000001.vmdk"), ("data.vmdk", "data.vmdk")):
+            ok("restore", "-r", repo, snap, "--disk", name, "--target", out)
+            raw = out / name.replace(".vmdk", ".raw")
+            assert raw.read_bytes() == expected[image]
+            data_runs = sum(1 for i in range(0, len(expected[image]), 64 * 1024)
+                            if expected[image][i:i + 64 * 1024].strip(b"\0"))
+            assert stored_bytes(raw) <= data_runs * 64 * 1024 + 64 * 1024  # sparse
+    assert "no problems found" in ok("check", "--read-data", "-r", repo).stdout
+
+
+def test_whole_vm_folder_restores_runnable(tmp_path, cache):
+    vm, repo = tmp_path / "vm", tmp_path / "repo"
+    make_vm(vm)
+    expected = {n: convert(vm / n, tmp_path / f"{n}.raw") for n in ("web-000001.vmdk", "data.vmdk")}
+    ok("init", "-r", repo, "--encryption", "none")
+    ok("backup", "-r", repo, vm)
+    for fmt, sub in (("vmdk", "monolithicSparse"), ("vmdk", "streamOptimized"), ("raw", None)):
+        target = tmp_path / f"restored-{fmt}-{sub}"
+        args = ["--subformat", sub] if sub else []
+        out = ok("restore", "-r", repo, "latest", "--target", target, "--format", fmt, *args)
+        assert "not restored: web.vmsd: snapshot database" in out.stderr
+        names = sorted(p.name for p in target.iterdir())
+        flat = ["data-flat.vmdk", "web-flat.vmdk"] if fmt == "raw" else []
+        assert names == sorted(["data.vmdk", "vmware.log", "web.nvram", "web.vmdk", "web.vmx",
+                                *flat])
+        vmx = (target / "web.vmx").read_text()
+        assert 'scsi0:0.fileName = "web.vmdk"' in vmx and 'scsi0:1.fileName = "data.vmdk"' in vmx
+        assert vmx.replace('"web.vmdk"', '"web-000001.vmdk"') == VMX
+        assert (target / "web.nvram").read_bytes() == (vm / "web.nvram").read_bytes()
+        for name, image in (("web.vmdk", "web-000001.vmdk"), ("data.vmdk", "data.vmdk")):
+            info = json.loads(run("qemu-img", "info", "--output=json", target / name))
+            assert info["format"] == "vmdk" and info["virtual-size"] == len(expected[image])
+            assert convert(target / name, tmp_path / "back.raw") == expected[image]
+        doc = json.loads(ok("ds", "vms", "--json", target).stdout)
+        (found,) = doc["vms"]
+        assert found["name"] == "web" and [d["problem"] for d in found["disks"]] == [None, None]
+    again = vmsift("restore", "-r", repo, "latest", "--target", tmp_path / "restored-raw-None")
+    assert again.returncode == 6 and "output exists" in again.stderr  # never overwritten
+    ok("restore", "-r", repo, "latest", "--target", tmp_path / "restored-raw-None", "--force")
+
+
+def test_bare_disk_and_raw_image_sources(tmp_path, cache):
+    vm, repo = tmp_path / "vm", tmp_path / "repo"
+    make_vm(vm)
+    ok("init", "-r", repo, "--encryption", "none")
+    ok("backup", "-r", repo, vm / "web-000001.vmdk")
+    raw = tmp_path / "lun.img"
+    with open(raw, "wb") as f:
+        f.truncate(32 * MIB)
+        f.seek(5 * MIB)
+        f.write(b"\x99" * MIB)
+    ok("backup", "-r", repo, raw, "--tag", "lun")
+    snaps = json.loads(ok("snapshots", "--json", "-r", repo).stdout)["snapshots"]
+    assert [(s["vm"]["kind"], s["vm"]["name"], s["tags"]) for s in snaps] == [
+        ("disk", "web-000001.vmdk", []), ("disk", "lun.img", ["lun"])]
+    ok("restore", "-r", repo, snaps[0]["short_id"], "--target", tmp_path / "a")
+    assert (tmp_path / "a" / "web.raw").read_bytes() == convert(vm / "web-000001.vmdk",
+                                                                tmp_path / "q.raw")
+    ok("restore", "-r", repo, "latest:lun.img", "--target", tmp_path / "b")
+    assert (tmp_path / "b" / "lun.img").read_bytes() == raw.read_bytes()
+    assert stored_bytes(tmp_path / "b" / "lun.img") <= 2 * MIB
+
+
+def test_listing_cat_and_stats(tmp_path, cache):
+    vm, repo = tmp_path / "vm", tmp_path / "repo"
+    make_vm(vm)
+    ok("init", "-r", repo)
+    ok("backup", "-r", repo, vm)
+    ls = json.loads(ok("ls", "--json", "-r", repo, "latest").stdout)["snapshot"]
+    assert ls["vm"]["kind"] == "vmware" and ls["vm"]["uuid"].startswith("56 4d 12 34")
+    disk = next(d for d in ls["disks"] if d["name"] == "web.vmdk")
+    assert disk["device"] == "scsi0:0" and disk["size"] == 64 * MIB
+    assert disk["facts"]["adapter"] == "lsilogic" or disk["facts"]["adapter"] == "ide"
+    assert [i["path"] for i in disk["identity"] if i["role"] == "descriptor"] == [
+        "web-000001.vmdk", "web.vmdk"]
+    assert sorted(f["name"] for f in ls["files"]) == ["vmware.log", "web.nvram", "web.vmsd",
+                                                      "web.vmx"]
+    cat = vmsift("cat", "-r", repo, "file", "latest", "web.vmx")
+    assert cat.returncode == 0 and cat.stdout == VMX
+    config = json.loads(ok("cat", "-r", repo, "config").stdout)
+    assert config["encryption"] == "repokey" and "id_key" not in config
+    stats = json.loads(ok("stats", "--json", "-r", repo).stdout)
+    assert stats["snapshots"] == 1 and stats["logical_bytes"] == 104 * MIB + sum(
+        (vm / f).stat().st_size for f in ("vmware.log", "web.nvram", "web.vmsd", "web.vmx"))
+    assert stats["repository_bytes"] < 5 * MIB   # patterns compress, holes cost nothing
+
+
+def test_wrong_password_and_foreign_repositories(tmp_path, cache, monkeypatch):
+    repo = tmp_path / "repo"
+    ok("init", "-r", repo)
+    monkeypatch.setenv("VMSIFT_PASSWORD", "wrong")
+    out = vmsift("snapshots", "-r", repo)
+    assert out.returncode == 7 and "wrong password" in out.stderr
+    (tmp_path / "pw").write_text("correct horse\n")
+    monkeypatch.delenv("VMSIFT_PASSWORD")
+    ok("snapshots", "-r", repo, "--password-file", tmp_path / "pw")
+    borg = tmp_path / "borg"
+    borg.mkdir()
+    (borg / "README").write_text("This is a Borg Backup repository.\nSee https://borgbackup.readthedocs.io/\n")
+    (borg / "config").write_text("[repository]\nversion = 1\n")
+    out = vmsift("snapshots", "-r", borg)
+    assert out.returncode == 7 and "borg repository" in out.stderr
+    newer = tmp_path / "newer"
+    ok("init", "-r", newer, "--encryption", "none")
+    config = json.loads((newer / "config").read_text())
+    (newer / "config").chmod(0o644)
+    (newer / "config").write_text(json.dumps({**config, "version": 2}))
+    out = vmsift("snapshots", "-r", newer)
+    assert out.returncode == 7 and "newer" in out.stderr
+    out = vmsift("init", "-r", newer, "--encryption", "none")
+    assert out.returncode == 7 and "not empty" in out.stderr
+    out = vmsift("snapshots", "-r", tmp_path / "nothing")
+    assert out.returncode == 7 and "vmsift init" in out.stderr
+
+
+def test_unreadable_disk_is_skipped_and_the_rest_kept(tmp_path, cache):
+    vm, repo = tmp_path / "vm", tmp_path / "repo"
+    make_vm(vm)
+    (vm / "lun.vmdk").write_text('# Disk DescriptorFile\nversion=1\nCID=12345678\n'
+                                 'parentCID=ffffffff\ncreateType="vmfsRawDeviceMap"\n'
+                                 'RW 2048 VMFSRDM "lun-rdm.vmdk"\n')
+    (vm / "web.vmx").write_text(VMX + 'scsi0:2.present = "TRUE"\nscsi0:2.fileName = "lun.vmdk"\n')
+    ok("init", "-r", repo, "--encryption", "none")
+    out = vmsift("backup", "-r", repo, vm)
+    assert out.returncode == 10, out.stderr
+    assert "lun.vmdk (scsi0:2) not backed up: raw device mapping" in out.stderr
+    ls = json.loads(ok("ls", "--json", "-r", repo, "latest").stdout)["snapshot"]
+    assert sorted(d["name"] for d in ls["disks"]) == ["data.vmdk", "web.vmdk"]
+    assert any("raw device mapping" in p for p in ls["problems"])
+
+
+def _lock(repo: Path, pid: int, exclusive: bool = True) -> Path:
+    from vmsift.backup.lock import process_start
+    import time
+
+    path = repo / "locks" / ("ab" * 16)
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": pid,
+                                "start": process_start(pid), "time": time.time(),
+                                "exclusive": exclusive}))
+    return path
+
+
+def test_locks_live_stale_and_waited_for(tmp_path, cache):
+    vm, repo = tmp_path / "vm", tmp_path / "repo"
+    make_vm(vm)
+    ok("init", "-r", repo, "--encryption", "none")
+    holder = subprocess.Popen(["sleep", "30"])
+    try:
+        _lock(repo, holder.pid)
+        out = vmsift("backup", "-r", repo, vm)
+        assert out.returncode == 9 and f"exclusive lock by pid {holder.pid}" in out.stderr
+        assert out.stdout == "" and not list((repo / "snapshots").iterdir())
+    finally:
+        holder.kill()
+        holder.wait()
+    ok("backup", "-r", repo, vm)   # the holder is gone: its lock is stale and cleared
+    assert list((repo / "locks").iterdir()) == []
+    holder = subprocess.Popen(["sleep", "2"])
+    _lock(repo, holder.pid)
+    ok("backup", "-r", repo, vm, "--retry-lock", "20s")
+    holder.wait()
+    _lock(repo, 2 ** 22 + 7)  # no such process
+    assert "1 lock(s) removed" in ok("unlock", "-r", repo).stdout
+
+
+def _pack_files(repo: Path) -> list[Path]:
+    return sorted(p for p in (repo / "data").rglob("*") if p.is_file())
+
+
+def _writable(path: Path) -> None:
+    path.chmod(0o644)
+
+
+@pytest.mark.parametrize("encryption", ["none", "repokey"])
+def test_check_names_what_damage_affects(tmp_path, cache, encryption):
+    vm, repo = tmp_path / "vm", tmp_path / "repo"
+    make_vm(vm)
+    ok("init", "-r", repo, "--encryption", encryption)
+    ok("backup", "-r", repo, vm)
+    ok("check", "-r", repo, "--read-data")
+    pack = max(_pack_files(repo), key=lambda p: p.stat().st_size)
+    original = pack.read_bytes()
+    _writable(pack)
+    flipped = bytearray(original)
+    flipped[100] ^= 0xFF
+    pack.write_bytes(bytes(flipped))
+    out = vmsift("check", "-r", repo, "--read-data")
+    assert out.returncode == 8 and "VM 'web'" in out.stderr and "disk 'web.vmdk'" in out.stderr
+    restore = vmsift("restore", "-r", repo, "latest", "--disk", "web.vmdk", "--target",
+                     tmp_path / "r")
+    assert restore.returncode == 8 and not (tmp_path / "r" / "web.raw").exists()
+    pack.write_bytes(original[:len(original) // 2])        # truncated: found without reading
+    out = vmsift("check", "-r", repo)
+    assert out.returncode == 8 and "truncated" in out.stderr and "VM 'web'" in out.stderr
+    pack.unlink()                                           # missing
+    out = vmsift("check", "-r", repo, "--json")
+    doc = json.loads(out.stdout)
+    assert out.returncode == 8 and not doc["ok"]
+    assert any(p["what"] == "missing" and p["affects"] for p in doc["problems"])
+    pack.write_bytes(original)
+    ok("check", "-r", repo, "--read-data")
+    index = next((repo / "index").iterdir())
+    saved = index.read_bytes()
+    _writable(index)
+    index.write_bytes(saved[:-1] + bytes([saved[-1] ^ 1]))
+    out = vmsift("check", "-r", repo)
+    assert out.returncode == 8 and "index" in out.stderr and "VM 'web'" in out.stderr
+    index.unlink()                                          # missing: its blobs are lost
+    out = vmsift("check", "-r", repo)
+    assert out.returncode == 8 and "not in any index" in out.stderr and "VM 'web'" in out.stderr
+    index.write_bytes(saved)
+    ok("check", "-r", repo)
+    snap = next((repo / "snapshots").iterdir())
+    _writable(snap)
+    snap.write_bytes(snap.read_bytes()[:-5])
+    out = vmsift("check", "-r", repo)
+    assert out.returncode == 8 and f"snapshot {snap.name[:8]}" in out.stderr
+
+
+def test_backup_refuses_a_disk_that_changes_while_read(tmp_path, cache):
+    from vmsift.backup.archiver import backup
+    from vmsift.backup.repository import Repository
+
+    vm, repo_path = tmp_path / "vm", tmp_path / "repo"
+    make_vm(vm)
+    repo = Repository.init(str(repo_path), encryption="none")
+    touched = []
+
+    def progress(label, total):
+        if "web.vmdk" in label and not touched:
+            touched.append(label)
+            os.utime(vm / "web-000001.vmdk", (1, 1))  # a writer changed the top delta
+        return None
+
+    with repo:
+        result = backup(repo, [str(vm)], progress=progress)
+    assert touched and result.partial
+    (snap,) = result.snapshots
+    assert [d.name for d in snap.disks] == ["data.vmdk"]
+    assert any("changed while it was read" in p and "web-000001.vmdk" in p for p in snap.problems)
+
+
+def test_restore_never_writes_outside_the_target(tmp_path):
+    from vmsift.backup.restorer import _safe_join
+    from vmsift.errors import UnsupportedError
+
+    assert _safe_join(str(tmp_path), "a/b.vmx") == str(tmp_path / "a" / "b.vmx")
+    for name in ("../x", "/etc/passwd", "a/../../x", "", "a//b", "./x"):
+        with pytest.raises(UnsupportedError, match="unsafe name"):
+            _safe_join(str(tmp_path), name)

@@ -1,0 +1,65 @@
+"""Where a repository's objects live: one narrow interface, implementations per kind of
+store, and wrappers stacked on them (`retry.RetryBackend`).
+
+Objects are named by kind (``config``, ``keys``, ``data``, ``index``, ``snapshots``,
+``locks``) and name (hex). Every object is immutable: `put` creates it atomically (a reader
+never sees part of it) and leaves an existing object of that name alone, so a repeated put
+is harmless (names are content hashes). Backends raise `TransientError` for failures worth
+retrying (a dropped connection, a busy server) and `RepositoryError` for the rest;
+`MissingObjectError` when an object is not there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ...errors import MissingObjectError, RepositoryError
+
+KINDS = ("config", "keys", "data", "index", "snapshots", "locks")
+
+
+class TransientError(Exception):
+    """A failure that may go away if the call is repeated."""
+
+
+class Backend:
+    """The interface every store implements."""
+
+    location: str = "<backend>"
+
+    def list(self, kind: str) -> Iterator[tuple[str, int]]:
+        """(name, size) of every object of ``kind``, in no particular order."""
+        raise NotImplementedError
+
+    def get(self, kind: str, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        """The object's bytes, or ``length`` of them from ``offset``; a short answer is an
+        error (the object is smaller than the caller was told)."""
+        raise NotImplementedError
+
+    def put(self, kind: str, name: str, data: bytes) -> None:
+        """Store ``data`` under (kind, name) atomically unless an object of that name exists."""
+        raise NotImplementedError
+
+    def delete(self, kind: str, name: str) -> None:
+        """Remove the object; a missing one is not an error."""
+        raise NotImplementedError
+
+    def exists(self, kind: str, name: str) -> bool:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def open_backend(location: str) -> Backend:
+    """The backend for a repository location (a local folder path), with retries."""
+    from .local import LocalBackend
+    from .retry import RetryBackend
+
+    if "://" in location or location.startswith("s3:"):
+        raise RepositoryError(f"repository location {location!r}: only local folders are "
+                              "supported in this version", source=location)
+    return RetryBackend(LocalBackend(location))
+
+
+__all__ = ["Backend", "KINDS", "MissingObjectError", "TransientError", "open_backend"]

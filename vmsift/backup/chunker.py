@@ -1,0 +1,71 @@
+"""Fixed, aligned chunking over an allocation map.
+
+A stream (a disk, a file) is cut into cells of ``cell_size`` bytes at multiples of
+``cell_size`` (the last cell may be shorter), so a changed block always maps to the same cell
+and unchanged cells of the next backup give the same chunks. From the map alone, each cell is
+DATA (some byte of it is DATA: the cell is read whole), else ZERO (some of it is known zero)
+else HOLE; ZERO and HOLE cells are never read. A DATA cell that reads as all zeros is
+recorded as ZERO by the archiver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from ..source import Alloc, ByteSource
+
+_RANK = {Alloc.HOLE: 0, Alloc.ZERO: 1, Alloc.DATA: 2}
+
+
+class Segment(NamedTuple):
+    first: int   # cell number
+    count: int   # cells
+    kind: Alloc
+
+
+def cell_count(size: int, cell_size: int) -> int:
+    return -(-size // cell_size)
+
+
+def _cells_of(src: ByteSource, cell_size: int) -> Iterator[tuple[int, int, Alloc]]:
+    """(first cell, count, kind) from each run; a cell shared by two runs is reported once,
+    with the stronger kind (DATA over ZERO over HOLE)."""
+    pending: tuple[int, Alloc] | None = None  # the cell the previous run ended inside of
+    for run in src.extents():
+        first, last = run.offset // cell_size, (run.end - 1) // cell_size
+        ends_inside = run.end % cell_size != 0 and run.end != src.size
+        if pending is not None:
+            cell, kind = pending
+            pending = None
+            if cell == first:  # this run goes on inside that cell
+                kind = max(kind, run.kind, key=_RANK.__getitem__)
+                if first == last and ends_inside:
+                    pending = (cell, kind)
+                    continue
+                first += 1
+            yield cell, 1, kind
+            if first > last:
+                continue
+        if ends_inside:
+            if last > first:
+                yield first, last - first, run.kind
+            pending = (last, run.kind)
+        else:
+            yield first, last - first + 1, run.kind
+    if pending is not None:
+        yield pending[0], 1, pending[1]
+
+
+def segments(src: ByteSource, cell_size: int) -> Iterator[Segment]:
+    """Runs of cells of one kind covering ``src`` exactly, in order."""
+    current: Segment | None = None
+    for first, count, kind in _cells_of(src, cell_size):
+        if current and current.kind is kind and current.first + current.count == first:
+            current = Segment(current.first, current.count + count, kind)
+            continue
+        if current:
+            yield current
+        current = Segment(first, count, kind)
+    if current:
+        yield current

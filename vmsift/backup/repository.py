@@ -1,0 +1,370 @@
+"""A repository: its config and keys, the blob store (packs + index), snapshots, locks; and
+stored disks and files opened as `ByteSource`s.
+
+``config`` (plain JSON) says what the repository is::
+
+    {"repository": "vmsift", "version": 1, "id": "<16 hex>", "encryption": "none"|"repokey",
+     "cell_size": 65536, "created": "<ISO time>", "id_key": "<hex, only without encryption>"}
+
+With ``repokey`` the keys are in ``keys/<name>`` (`crypto.seal_keys`), opened by a password.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import datetime as dt
+import json
+import os
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+
+from ..errors import IntegrityError, MissingObjectError, RepositoryError
+from ..source import Alloc, ByteSource, Run, clip, merge_runs
+from . import index as index_mod
+from . import snapshot as snapshot_mod
+from .backends import Backend, open_backend
+from .backends.local import LocalBackend
+from .chunker import cell_count
+from .crypto import Keys, object_name, open_keys, seal_keys
+from .lock import Lock
+from .manifest import LEAF_CELLS, decode_leaf, leaf_cells
+from .pack import PackEntry
+from .snapshot import Snapshot, Stream
+
+FORMAT = "vmsift"
+VERSION = 1
+#: default cell size, chosen by measurement (docs/repository.md, "Cell size")
+CELL_SIZE = 64 << 10
+CELL_SIZES = tuple(1 << n for n in range(12, 25))  # 4 KiB .. 16 MiB
+#: packs stored before their index object is written (bounds what a crash orphans)
+INDEX_EVERY = 16
+MAX_CONFIG = 1 << 20
+MAX_SNAPSHOT = 256 << 20
+
+
+def _not_ours(backend: Backend) -> str:
+    """Why a location without a readable vmsift config is not a vmsift repository."""
+    root = getattr(backend, "inner", backend)
+    path = getattr(root, "root", None)
+    if path and os.path.isfile(os.path.join(path, "README")):
+        with open(os.path.join(path, "README"), "rb") as f:
+            if b"Borg" in f.read(4096):
+                return "a borg repository, not a vmsift one"
+    if path and os.path.isdir(os.path.join(path, "keys")) and \
+            os.path.isdir(os.path.join(path, "data")) and os.path.isfile(os.path.join(path, "config")):
+        return "not a vmsift repository (its config is not ours: a restic repository?)"
+    return "not a vmsift repository (no config)"
+
+
+class Repository:
+    """An open repository. Use `init` or `open`."""
+
+    def __init__(self, backend: Backend, config: dict, keys: Keys):
+        self.backend = backend
+        self.config = config
+        self.keys = keys
+        self.id: str = config["id"]
+        self.cell_size: int = config["cell_size"]
+        self.location = backend.location
+        self.index = index_mod.IndexCache(os.path.join(index_mod.cache_root(), self.id,
+                                                       "index.sqlite"))
+        self._blob_cache: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
+        self._blob_lock = threading.Lock()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    # --- creating and opening ------------------------------------------------------------
+
+    @classmethod
+    def init(cls, location: str, *, encryption: str = "repokey", password: bytes | None = None,
+             cell_size: int = CELL_SIZE) -> Repository:
+        if encryption not in ("none", "repokey"):
+            raise RepositoryError(f"encryption {encryption!r} is not none or repokey")
+        if cell_size not in CELL_SIZES:
+            raise RepositoryError(f"cell size {cell_size} is not a power of two from 4 KiB "
+                                  "to 16 MiB")
+        if encryption == "repokey" and not password:
+            raise RepositoryError("an encrypted repository needs a password")
+        local = LocalBackend(location)
+        local.create()
+        backend = open_backend(location)
+        keys = Keys.generate(encryption == "repokey")
+        config = {"repository": FORMAT, "version": VERSION, "id": secrets.token_hex(8),
+                  "encryption": encryption, "cell_size": cell_size,
+                  "created": dt.datetime.now(dt.timezone.utc).isoformat()}
+        if encryption == "none":
+            config["id_key"] = keys.id_key.hex()
+        else:
+            sealed = seal_keys(keys, password)
+            backend.put("keys", object_name(sealed), sealed)
+        backend.put("config", "config", json.dumps(config, indent=1).encode() + b"\n")
+        return cls(backend, config, keys)
+
+    @classmethod
+    def open(cls, location: str, password: bytes | Callable[[], bytes] | None = None
+             ) -> Repository:
+        """Open ``location``; ``password`` (or a function asking for it) for encrypted ones."""
+        if not os.path.isdir(location):
+            raise RepositoryError("no repository here (vmsift init makes one)", source=location)
+        backend = open_backend(location)
+        try:
+            raw = backend.get("config", "config")
+        except MissingObjectError:
+            raise RepositoryError(_not_ours(backend), source=location) from None
+        try:
+            config = json.loads(raw[:MAX_CONFIG])
+            if not isinstance(config, dict) or config.get("repository") != FORMAT:
+                raise ValueError
+        except ValueError:
+            raise RepositoryError(_not_ours(backend), source=location) from None
+        if not isinstance(config.get("version"), int) or config["version"] > VERSION:
+            raise RepositoryError(f"repository format version {config.get('version')} is newer "
+                                  f"than this vmsift reads ({VERSION}); upgrade vmsift",
+                                  source=location)
+        if config.get("cell_size") not in CELL_SIZES:
+            raise RepositoryError(f"config: bad cell size {config.get('cell_size')}",
+                                  source=location)
+        if config.get("encryption") == "none":
+            keys = Keys(bytes.fromhex(config["id_key"]), None)
+        elif config.get("encryption") == "repokey":
+            if callable(password):
+                password = password()
+            if not password:
+                raise RepositoryError("the repository is encrypted: give its password "
+                                      "(VMSIFT_PASSWORD, --password-file or the prompt)",
+                                      source=location)
+            keys = None
+            for name, _ in backend.list("keys"):
+                keys = open_keys(backend.get("keys", name), password)
+                if keys:
+                    break
+            if keys is None:
+                raise RepositoryError("wrong password (no key of this repository opens with "
+                                      "it)", source=location)
+        else:
+            raise RepositoryError(f"config: unknown encryption {config.get('encryption')!r}",
+                                  source=location)
+        return cls(backend, config, keys)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+        self.index.close()
+        self.backend.close()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        """Workers for hashing, sealing and fetching (blake3, zstd, AES and reads release
+        the GIL)."""
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                max(2, os.cpu_count() or 2), "vmsift-repo")
+        return self._pool
+
+    def lock(self, exclusive: bool = False, wait: float = 0.0) -> Lock:
+        return Lock(self.backend, exclusive).acquire(wait)
+
+    # --- the index -----------------------------------------------------------------------
+
+    def sync_index(self) -> list[str]:
+        """Bring the local index cache up to the repository's index objects; return the
+        names of index objects that could not be read (damaged)."""
+        listed = {name for name, _ in self.backend.list("index")}
+        known = self.index.known_objects()
+        if known - listed:  # an index object went away (prune): start again
+            self.index.reset()
+            known = set()
+        bad = []
+        for name in sorted(listed - known):
+            try:
+                stored = self.backend.get("index", name)
+                if object_name(stored) != name:
+                    raise IntegrityError(f"index {name} does not match its name")
+                self.index.add(name, index_mod.decode(self.keys, stored, name))
+            except (IntegrityError, MissingObjectError):
+                bad.append(name)
+        return bad
+
+    def write_index(self, packs: dict[str, list[PackEntry]]) -> str:
+        stored = index_mod.encode(self.keys, packs)
+        name = object_name(stored)
+        self.backend.put("index", name, stored)
+        self.index.add(name, packs)
+        return name
+
+    # --- blobs ---------------------------------------------------------------------------
+
+    def load_blob(self, blob_id: bytes, *, cache: bool = True) -> bytes:
+        """The verified plaintext of a blob."""
+        with self._blob_lock:
+            if blob_id in self._blob_cache:
+                self._blob_cache.move_to_end(blob_id)
+                return self._blob_cache[blob_id]
+        found = self.index.lookup(blob_id)
+        if found is None:
+            raise IntegrityError(f"blob {blob_id.hex()[:16]} is not in the index",
+                                 source=self.location)
+        pack, entry = found
+        stored = self.backend.get("data", pack, entry.offset, entry.length)
+        where = f"data/{pack[:16]} @ {entry.offset:#x}"
+        data = self.keys.unseal(stored, blob_id, f"blob {blob_id.hex()[:16]} ({where})")
+        if len(data) != entry.raw_length:
+            raise IntegrityError(f"blob {blob_id.hex()[:16]} ({where}) is {len(data)} bytes, "
+                                 f"the index says {entry.raw_length}")
+        self.keys.check_blob(blob_id, data, f"blob {blob_id.hex()[:16]} ({where})")
+        if cache:
+            with self._blob_lock:
+                self._blob_cache[blob_id] = data
+                while len(self._blob_cache) > 64:
+                    self._blob_cache.popitem(last=False)
+        return data
+
+    # --- snapshots -----------------------------------------------------------------------
+
+    def save_snapshot(self, snap: Snapshot) -> str:
+        stored = snap.encode(self.keys)
+        snap.id = object_name(stored)
+        self.backend.put("snapshots", snap.id, stored)
+        return snap.id
+
+    def load_snapshot(self, name: str) -> Snapshot:
+        stored = self.backend.get("snapshots", name)
+        if object_name(stored) != name:
+            raise IntegrityError(f"snapshot {name[:8]} does not match its name (damaged)",
+                                 source=self.location)
+        return snapshot_mod.decode(self.keys, stored, name)
+
+    def snapshots(self, problems: list[str] | None = None) -> list[Snapshot]:
+        """Every readable snapshot, oldest first; damaged ones go to ``problems`` (or
+        raise when no list is given)."""
+        out = []
+        for name, _ in self.backend.list("snapshots"):
+            try:
+                out.append(self.load_snapshot(name))
+            except (IntegrityError, MissingObjectError) as e:
+                if problems is None:
+                    raise
+                problems.append(str(e))
+        return sorted(out, key=lambda s: (s.time, s.id))
+
+    def find_snapshot(self, spec: str, vm: str | None = None) -> Snapshot:
+        return snapshot_mod.select(self.snapshots(), spec, vm)
+
+    # --- stored streams as sources --------------------------------------------------------
+
+    def open_stream(self, stream: Stream, name: str) -> StreamSource:
+        return StreamSource(self, stream, name)
+
+    def open_disk(self, snap: Snapshot, disk: str) -> StreamSource:
+        entry = snap.disk(disk)
+        return self.open_stream(entry.stream, f"{snap.short_id}:{snap.vm_name}/{entry.name}")
+
+    def open_file(self, snap: Snapshot, file: str) -> StreamSource:
+        entry = snap.file(file)
+        return self.open_stream(entry.stream, f"{snap.short_id}:{snap.vm_name}/{entry.name}")
+
+
+class StreamSource(ByteSource):
+    """A stored disk or file, read from the repository: the map comes from the manifest
+    (no data read); reads fetch, verify and cache only the chunks they need, several at a
+    time."""
+
+    LEAVES_CACHED = 16
+
+    def __init__(self, repo: Repository, stream: Stream, name: str):
+        self.repo = repo
+        self.stream = stream
+        self.name = name
+        self.size = stream.size
+        self.cell = stream.cell_size
+        self.cells = cell_count(stream.size, stream.cell_size)
+        if len(stream.leaves) != -(-self.cells // LEAF_CELLS):
+            raise IntegrityError(f"{name}: {len(stream.leaves)} manifest leaves for "
+                                 f"{self.cells} cells")
+        self._leaves: collections.OrderedDict[int, list] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def leaf(self, i: int) -> list[tuple[int, int, Alloc, bytes | None]]:
+        """(first cell, count, kind, id) records of leaf ``i``."""
+        with self._lock:
+            if i in self._leaves:
+                self._leaves.move_to_end(i)
+                return self._leaves[i]
+        raw = self.repo.load_blob(bytes.fromhex(self.stream.leaves[i]), cache=False)
+        records, cell = [], i * LEAF_CELLS
+        for kind, count, chunk_id in decode_leaf(raw, leaf_cells(i, self.cells),
+                                                 f"{self.name}: manifest leaf {i}"):
+            records.append((cell, count, kind, chunk_id))
+            cell += count
+        with self._lock:
+            self._leaves[i] = records
+            while len(self._leaves) > self.LEAVES_CACHED:
+                self._leaves.popitem(last=False)
+        return records
+
+    def records(self, start: int, end: int) -> Iterator[tuple[int, int, Alloc, bytes | None]]:
+        """Records of the cells overlapping byte range [start, end)."""
+        if end <= start:
+            return
+        first, last = start // self.cell, (end - 1) // self.cell
+        for i in range(first // LEAF_CELLS, last // LEAF_CELLS + 1):
+            for rec in self.leaf(i):
+                if rec[0] + rec[1] > first and rec[0] <= last:
+                    yield rec
+
+    def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Run]:
+        start, end = clip(self.size, offset, length)
+
+        def runs() -> Iterator[Run]:
+            for cell, count, kind, _ in self.records(start, end):
+                lo = max(start, cell * self.cell)
+                hi = min(end, (cell + count) * self.cell)
+                yield Run(lo, hi - lo, kind)
+
+        return merge_runs(runs())
+
+    def chunks(self, offset: int = 0, length: int | None = None
+               ) -> Iterator[tuple[int, int, bytes | None]]:
+        """(offset, length, chunk id or None for zeros) of each cell in the range."""
+        start, end = clip(self.size, offset, length)
+        for cell, count, kind, chunk_id in self.records(start, end):
+            lo, hi = cell * self.cell, min(self.size, (cell + count) * self.cell)
+            yield lo, hi - lo, chunk_id if kind is Alloc.DATA else None
+
+    def read(self, offset: int, length: int) -> bytes:
+        start, end = clip(self.size, offset, length)
+        pieces = list(self.chunks(start, end - start))
+        wanted = [c for _, _, c in pieces if c is not None]
+        if len(wanted) > 1:
+            loaded = dict(zip(wanted, self.repo.pool.map(self.repo.load_blob, wanted)))
+        else:
+            loaded = {c: self.repo.load_blob(c) for c in wanted}
+        out = []
+        for lo, n, chunk_id in pieces:
+            a, b = max(start, lo) - lo, min(end, lo + n) - lo
+            if chunk_id is None:
+                out.append(bytes(b - a))
+                continue
+            data = loaded[chunk_id]
+            if len(data) != n:
+                raise IntegrityError(f"chunk {chunk_id.hex()[:16]} is {len(data)} bytes, the "
+                                     f"cell at {lo:#x} needs {n}", source=self.name, offset=lo)
+            out.append(data[a:b])
+        return b"".join(out)
+
+
+@contextlib.contextmanager
+def opened(location: str, password=None) -> Iterator[Repository]:
+    repo = Repository.open(location, password)
+    try:
+        yield repo
+    finally:
+        repo.close()

@@ -1,0 +1,161 @@
+"""What a backup SOURCE holds: the VMs (or the one bare disk) to snapshot, read-only.
+
+* a folder: a datastore or VM folder; every VM found in it (VMware ``.vmx``, Oracle VM
+  ``vm.cfg``);
+* a VMDK (descriptor, or a sparse / COWD / SESparse file): that disk with its chain, as a
+  snapshot of its own;
+* an image: a VMFS or OCFS2 volume, bare, partitioned or spanned (several devices): every VM
+  on it; an image that is no datastore is one raw disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..datastore.volume import Volume
+from ..errors import UnsupportedError, VmsiftError
+from ..source import ByteSource, FileSource
+
+
+@dataclass
+class DiskPlan:
+    name: str                       # restores under this name
+    device: str | None
+    path: str | None
+    open: Callable[[], ByteSource] | None   # None: cannot be read (the problem says why)
+    facts: dict[str, Any] = field(default_factory=dict)
+    identity: list[dict[str, Any]] = field(default_factory=list)
+    problem: str | None = None
+    recheck: Callable[[], list[dict[str, Any]]] | None = None  # identity again, after
+
+
+@dataclass
+class Target:
+    """One snapshot to make."""
+
+    vm: dict[str, Any]              # kind, name, uuid, config, folder
+    files: list[tuple[str, str]]    # (name relative to the VM folder, volume path)
+    disks: list[DiskPlan]
+    volume: Volume | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _is_vmdk(path: str) -> bool:
+    from ..formats.vmdk import cowd, descriptor, sesparse, sparse
+
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    return head[:4] in (sparse.MAGIC, cowd.MAGIC) or head[:8] == sesparse.MAGIC_BYTES or \
+        descriptor.sniff(head)
+
+
+def _identity_now(volume: Volume, before: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for item in before:
+        try:
+            st = volume.stat(item["path"])
+            out.append({**item, "size": st.size, "mtime": st.mtime, "file_id": st.inode})
+        except VmsiftError as e:
+            out.append({**item, "error": str(e)})
+    return out
+
+
+def _disk_name(vm_disk, taken: set[str]) -> str:
+    base = posixpath.basename((vm_disk.chain or [vm_disk.path or vm_disk.device])[-1])
+    name = base
+    if name in taken:
+        stem, ext = posixpath.splitext(base)
+        name = f"{stem}-{vm_disk.device.replace(':', '_')}{ext}"
+    taken.add(name)
+    return name
+
+
+def _vm_targets(volume: Volume, problems: list[str]) -> list[Target]:
+    from ..datastore.vm import find_vms, open_vm_disk
+
+    targets = []
+    for vm in find_vms(volume, problems):
+        taken: set[str] = set()
+        disks = []
+        for d in vm.disks:
+            plan = DiskPlan(_disk_name(d, taken), d.device, d.path, None,
+                            {**d.facts, "mode": d.mode, "chain": d.chain}, d.identity)
+            if d.problem and (d.path is None or "raw device mapping" in d.problem
+                              or not d.chain):
+                plan.problem = d.problem
+            else:
+                plan.open = lambda d=d: open_vm_disk(volume, d, strict=False)
+                plan.recheck = lambda d=d: _identity_now(volume, d.identity)
+                if d.problem:
+                    plan.facts["warning"] = d.problem
+            disks.append(plan)
+        files = [(posixpath.relpath(p, vm.folder or "."), p) for p in vm.files]
+        targets.append(Target({"kind": vm.kind, "name": vm.name or posixpath.basename(vm.config),
+                               "uuid": vm.uuid, "config": vm.config, "folder": vm.folder},
+                              files, disks, volume, list(vm.warnings)))
+    return targets
+
+
+def _bare_disk(volume: Volume, rel: str, source: str) -> Target:
+    from ..datastore.vm import VmDisk, _disk_facts, _file_identity
+    from ..datastore.disk import open_disk
+
+    with open_disk(volume, rel, strict=False) as d:
+        vd = VmDisk("disk", rel, None, d.size, chain=[link.path for link in d.chain],
+                    facts=_disk_facts(d))
+        identity = [_file_identity(volume, link.path, role="descriptor") for link in d.chain]
+        identity += [_file_identity(volume, f, role="extent")
+                     for link in d.chain for f in link.extent_files if f != link.path]
+    plan = DiskPlan(_disk_name(vd, set()), None, rel,
+                    lambda: open_disk(volume, rel, strict=False), vd.facts, identity,
+                    recheck=lambda: _identity_now(volume, identity))
+    name = os.path.basename(source)
+    return Target({"kind": "disk", "name": name, "uuid": None, "config": None, "folder": ""},
+                  [], [plan], volume)
+
+
+def _raw_image(path: str) -> Target:
+    def identity() -> list[dict[str, Any]]:
+        st = os.stat(path)
+        return [{"path": path, "role": "image", "size": st.st_size, "mtime": st.st_mtime,
+                 "file_id": st.st_ino}]
+
+    name = os.path.basename(path)
+    with FileSource(path) as src:
+        size = src.size
+    plan = DiskPlan(name, None, path, lambda: FileSource(path),
+                    {"capacity": size, "create_type": "raw image"}, identity(),
+                    recheck=identity)
+    return Target({"kind": "disk", "name": name, "uuid": None, "config": None, "folder": ""},
+                  [], [plan], None)
+
+
+@contextlib.contextmanager
+def open_source(paths: list[str], problems: list[str]) -> Iterator[tuple[str, list[Target]]]:
+    """(what the source is, the targets in it); volumes stay open inside the block."""
+    from ..datastore.detect import open_datastore
+    from ..datastore.folder import FolderVolume
+
+    first = paths[0]
+    if len(paths) == 1 and os.path.isdir(first):
+        with FolderVolume(first) as volume:
+            yield "folder", _vm_targets(volume, problems)
+        return
+    if len(paths) == 1 and os.path.isfile(first) and _is_vmdk(first):
+        with FolderVolume(os.path.dirname(os.path.abspath(first))) as volume:
+            yield "vmdk", [_bare_disk(volume, os.path.basename(first), first)]
+        return
+    try:
+        volume = open_datastore(paths)
+    except UnsupportedError:
+        if len(paths) != 1:
+            raise
+        yield "raw image", [_raw_image(first)]
+        return
+    with volume:
+        yield volume.info().data.get("kind", "datastore"), _vm_targets(volume, problems)
