@@ -529,3 +529,63 @@ def test_oracle_vm_repository_mount(kernel_images, tmp_path):
             data = (mnt / "vms" / name / "current" / f"{stem}.raw").read_bytes()
             assert hashlib.md5(data).hexdigest() == image.manifest[xvda.path]["md5"]
             assert "vm.cfg" in os.listdir(mnt / "vms" / name)
+
+
+# --- a backup repository ------------------------------------------------------------------
+
+def test_repository_mount(folder_ds, tmp_path, monkeypatch):
+    """snapshots/, by-time/ and latest/ of an encrypted repository: every disk and file as
+    the repository reads it, and as the disk was when it was backed up."""
+    import shutil
+
+    from vmsift.backup.repository import Repository
+
+    monkeypatch.setenv("VMSIFT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("VMSIFT_PASSWORD", "correct horse")
+    repo = tmp_path / "repo"
+    for name in ("web01", "pvm"):
+        shutil.copytree(folder_ds / name, tmp_path / name)
+    assert vmsift("init", "-r", repo).returncode == 0
+    top = tmp_path / "web01" / "web01-000002.vmdk"
+    run("qemu-img", "convert", "-O", "raw", str(top), str(tmp_path / "then.raw"))
+
+    def backup(source: str) -> None:
+        out = vmsift("backup", "-r", repo, tmp_path / source)
+        assert out.returncode == 0, out.stderr
+
+    backup("web01")
+    run("qemu-io", "-f", "vmdk", "-c", "write -P 0x77 4M 64k", str(top))
+    backup("web01")
+    backup("pvm")
+    with mounted(tmp_path, "-r", repo) as mnt, \
+            contextlib.closing(Repository.open(str(repo), b"correct horse")) as library:
+        snaps = library.snapshots()
+        assert sorted(os.listdir(mnt)) == ["by-time", "latest", "snapshots"]
+        assert sorted(os.listdir(mnt / "snapshots")) == sorted(s.short_id for s in snaps)
+        assert len(os.listdir(mnt / "by-time")) == 3
+        assert sorted(os.listdir(mnt / "latest")) == ["pvm", "web01"]
+        web_latest = [s for s in snaps if s.vm_name == "web01"][-1]
+        assert os.readlink(mnt / "latest" / "web01") == \
+            f"../snapshots/{web_latest.short_id}/web01"
+        for snap in snaps:
+            here = mnt / "snapshots" / snap.short_id / snap.vm_name
+            for disk in snap.disks:
+                stem = posixpath.splitext(disk.name)[0]
+                with library.open_disk(snap, disk.name) as src:
+                    same_contents(here / f"{stem}.raw", src)
+                    assert (here / f"{stem}.raw").stat().st_blocks == \
+                        (src.stored_bytes() + 511) // 512
+            for entry in snap.files:
+                with library.open_file(snap, entry.name) as src:
+                    assert (here / entry.name).read_bytes() == src.read_all(1 << 24)
+            assert os.getxattr(here, "user.vmsift.snapshot").decode() == snap.id
+        first = [s for s in snaps if s.vm_name == "web01"][0]
+        raw = (mnt / "snapshots" / first.short_id / "web01" / "web01.raw").read_bytes()
+        assert raw == (tmp_path / "then.raw").read_bytes()
+        assert (mnt / "latest" / "web01" / "web01.raw").read_bytes()[4 * MiB] == 0x77
+        part = mnt / "latest" / "pvm" / "pvm.p1"
+        assert run(require_tool("debugfs"), "-R", "cat /hello.txt", str(part)) == \
+            "hello from inside the guest\n"
+        with pytest.raises(OSError) as e:
+            os.mkdir(mnt / "snapshots" / "x")
+        assert e.value.errno == errno.EROFS

@@ -24,20 +24,27 @@ def _fuse():
               help="Another device of a spanned VMFS volume (repeatable).")
 @click.option("-r", "--repository", "repo", metavar="REPO",
               help="Mount this backup repository instead of a datastore.")
+@click.option("--password-file", type=click.Path(dir_okay=False, exists=True),
+              help="The repository's password, first line (else VMSIFT_PASSWORD or a prompt).")
 @click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground.")
 @click.option("--allow-other", is_flag=True, help="Let other users read the mount too.")
 @click.option("--deleted", is_flag=True, help="Also list deleted entries the format keeps.")
-def mount(args: tuple[str, ...], spans: tuple[str, ...], repo: str | None, foreground: bool,
-          allow_other: bool, deleted: bool) -> None:
+def mount(args: tuple[str, ...], spans: tuple[str, ...], repo: str | None,
+          password_file: str | None, foreground: bool, allow_other: bool,
+          deleted: bool) -> None:
     """Mount a datastore (folder, VMFS or OCFS2 image) read-only at MOUNTPOINT: files/ is
-    the volume, vms/ each VM's disks at each snapshot. Returns once the mount is usable;
-    `vmsift umount MOUNTPOINT` ends it."""
+    the volume, vms/ each VM's disks at each snapshot. With -r, a backup repository:
+    snapshots/, by-time/, latest/. Returns once the mount is usable; `vmsift umount
+    MOUNTPOINT` ends it."""
     *sources, mountpoint = args
-    if bool(sources) == bool(repo):
+    if bool(sources) == bool(repo) or (deleted or spans) and repo:
         raise click.UsageError("give SOURCE... MOUNTPOINT, or -r REPO MOUNTPOINT")
     ops, views = _fuse()
     if repo:
-        tree = views.repository_tree(repo)
+        from ..backup.repository import Repository
+        from .repo_cmd import _password
+
+        tree = views.repository_tree(Repository.open(repo, _password(password_file)))
     else:
         from ..datastore.detect import open_datastore
 

@@ -12,12 +12,17 @@ can clash with a view:
   snapshot, each holding ``<disk>.raw`` (the disk flattened through its chain as it was then)
   and ``<disk>.p1``, ``<disk>.p2`` ... for each MBR or GPT partition of it.
 
+A repository mount (`repository_tree`) has ``snapshots/<short id>/<vm>/`` with each disk as
+``<disk>.raw`` and ``.pN`` and the VM's small files, ``by-time/<UTC time>`` and
+``latest/<vm>`` (symbolic links to those); reads fetch the chunks they need.
+
 Extended attributes ``user.vmsift.*`` tell what a file is (inode, allocation summary, CID,
 chain, snapshot uid, raw device mapping, warnings); see docs/fuse.md.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import posixpath
 import sys
@@ -210,26 +215,34 @@ def _snapshot_disks(volume: Volume, vm, snapshot: dict | None) -> Iterator[tuple
             path = _disk_file(volume, vm, disk, snapshot)
             opener = _disk_opener(volume, vm, path)
             with opener() as src:
-                size, xattrs = src.size, _disk_xattrs(src, snapshot)
-                try:
-                    table = partition.read_table(src)
-                except VmsiftError as e:
-                    table = partition.PartitionTable(None, src.size, warnings=[str(e)])
+                size, xattrs, table = src.size, _disk_xattrs(src, snapshot), _table(src)
         except VmsiftError as e:
             warn(f"{vm.config}: disk {disk.device} left out of "
                  f"{'current' if snapshot is None else snapshot['display_name']}: {e}")
             continue
         xattrs["user.vmsift.allocation"] = lambda opener=opener: allocation_summary(opener)
         yield f"{stem}.raw", File(opener, size, xattrs=xattrs)
-        for part in table.partitions:
-            if part.is_container or part.start >= size:
-                continue
-            length = min(part.size, size - part.start)
-            yield f"{stem}.p{part.index}", File(
-                lambda opener=opener, part=part, length=length:
-                    PartitionSource(opener(), part.start, length),
-                length, xattrs={"user.vmsift.partition": json.dumps(part.to_dict(),
-                                                                    default=str)})
+        yield from _partition_files(opener, stem, size, table)
+
+
+def _table(src: ByteSource) -> partition.PartitionTable:
+    """The partition table of a disk; none when it cannot be read."""
+    try:
+        return partition.read_table(src)
+    except VmsiftError as e:
+        return partition.PartitionTable(None, src.size, warnings=[str(e)])
+
+
+def _partition_files(opener: Callable[[], ByteSource], stem: str, size: int,
+                     table: partition.PartitionTable) -> Iterator[tuple[str, Node]]:
+    """``<stem>.p<n>``: each partition of the disk ``opener`` opens, as a file."""
+    for part in table.partitions:
+        if part.is_container or part.start >= size:
+            continue
+        length = min(part.size, size - part.start)
+        yield f"{stem}.p{part.index}", File(
+            lambda part=part, length=length: PartitionSource(opener(), part.start, length),
+            length, xattrs={"user.vmsift.partition": json.dumps(part.to_dict(), default=str)})
 
 
 class PartitionSource(SliceSource):
@@ -260,3 +273,68 @@ def vm_info(vm) -> str:
         lines.append(f"  {'  ' * s.get('depth', 0)}{s['uid']}: {s['display_name']}{mark}")
     lines += [f"warning: {w}" for w in vm.warnings]
     return "\n".join(lines) + "\n"
+
+
+# --- a backup repository ---------------------------------------------------------------------
+# All use of vmsift.backup is in this section.
+
+def repository_tree(repo) -> Tree:
+    """The tree of a repository mount (an open `vmsift.backup.repository.Repository`):
+    ``snapshots/<short id>/<vm>/`` holds each disk as ``<disk>.raw`` (and its partitions
+    as ``.pN``) and the VM's small files; ``by-time/<UTC time>`` and ``latest/<vm>`` are
+    symbolic links to those folders."""
+    problems: list[str] = []
+    snapshots = repo.snapshots(problems)
+    for problem in problems:
+        warn(f"snapshot left out: {problem}")
+    root = Dir()
+    by_id = root.add("snapshots", Dir())
+    by_time = root.add("by-time", Dir())
+    latest: dict[str, str] = {}
+    for snap in snapshots:  # oldest first
+        when = snap.time.timestamp()
+        folder = by_id.add(unique_name(by_id.children(), snap.short_id),
+                           Dir(attrs=Attrs(0o555, 2, mtime=when, ctime=when),
+                               xattrs={"user.vmsift.snapshot": snap.id}))
+        vm = unique_name({}, snap.vm_name)
+        folder.add(vm, Dir(lambda snap=snap: _backup_entries(repo, snap),
+                           Attrs(0o555, 2, mtime=when, ctime=when),
+                           {"user.vmsift.snapshot": snap.id,
+                            "user.vmsift.vm": json.dumps(snap.vm, sort_keys=True,
+                                                         default=str)}))
+        stamp = snap.time.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        short = next(n for n, c in by_id.children().items() if c is folder)
+        by_time.add(unique_name(by_time.children(), stamp), Symlink(f"../snapshots/{short}"))
+        latest[vm] = f"../snapshots/{short}/{vm}"
+    top = root.add("latest", Dir())
+    for vm, target in latest.items():
+        top.add(vm, Symlink(target))
+    return Tree(root, name=f"vmsift:{repo.location}")
+
+
+def _backup_entries(repo, snap) -> Iterator[tuple[str, Node]]:
+    when = snap.time.timestamp()
+    for disk in snap.disks:
+        def opener(disk=disk) -> ByteSource:
+            return repo.open_disk(snap, disk.name)
+
+        xattrs = {"user.vmsift.snapshot": snap.id, "user.vmsift.device": disk.device or "",
+                  "user.vmsift.path": disk.path or "",
+                  "user.vmsift.facts": json.dumps(disk.facts, sort_keys=True, default=str),
+                  "user.vmsift.allocation": lambda opener=opener: allocation_summary(opener)}
+        stem = posixpath.splitext(disk.name)[0]
+        yield f"{stem}.raw", File(opener, disk.size, Attrs(0o444, mtime=when, ctime=when),
+                                  xattrs)
+        try:
+            with opener() as src:
+                table = _table(src)
+        except VmsiftError as e:  # its reads will fail too, and say so
+            warn(f"snapshot {snap.short_id}: disk {disk.name}: {e}")
+            continue
+        yield from _partition_files(opener, stem, disk.size, table)
+    for entry in snap.files:
+        mtime = entry.mtime if entry.mtime is not None else when
+        yield entry.name.replace("/", "_"), File(
+            lambda entry=entry: repo.open_file(snap, entry.name), entry.size,
+            Attrs((entry.mode or 0o444) & 0o7555 | 0o400, mtime=mtime, ctime=mtime),
+            {"user.vmsift.snapshot": snap.id})
