@@ -589,3 +589,35 @@ def test_repository_mount(folder_ds, tmp_path, monkeypatch):
         with pytest.raises(OSError) as e:
             os.mkdir(mnt / "snapshots" / "x")
         assert e.value.errno == errno.EROFS
+
+
+def test_only_the_mounting_user_enters_unless_allow_other(folder_ds, tmp_path):
+    """Another user (nobody) is refused by the kernel, then let in with --allow-other."""
+    import shutil
+    import tempfile
+
+    if os.getuid() != 0:
+        missing("root, to run a probe as another user")
+    cat = require_tool("cat")
+    base = Path(tempfile.mkdtemp(dir="/tmp", prefix="vmsift-fuse-"))  # nobody may enter
+    base.chmod(0o755)
+
+    def as_nobody(path: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([cat, str(path)], user=65534, group=65534, capture_output=True,
+                              text=True)
+
+    vmx = ("files", "web01", "web01.vmx")
+    mode = folder_ds.stat().st_mode
+    folder_ds.chmod(0o755)  # the volume's permissions apply to the others let in
+    try:
+        with mounted(base, folder_ds) as mnt:
+            refused = as_nobody(mnt.joinpath(*vmx))
+            assert refused.returncode != 0 and "Permission denied" in refused.stderr
+            assert mnt.joinpath(*vmx).read_text().startswith(".encoding")
+        with mounted(base, folder_ds, "--allow-other") as mnt:
+            probe = as_nobody(mnt.joinpath(*vmx))
+            assert probe.returncode == 0, probe.stderr
+            assert probe.stdout == (folder_ds / "web01" / "web01.vmx").read_text()
+    finally:
+        folder_ds.chmod(mode)
+        shutil.rmtree(base)
