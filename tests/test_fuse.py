@@ -409,7 +409,13 @@ SERVER = textwrap.dedent('''
                 released.set()
             return bytes([ord(self.name)]) * min(length, self.size - offset)
 
+    class Buggy(ByteSource):
+        name, size = "buggy", 4096
+        def read(self, offset, length):
+            raise KeyError("a decoder bug")
+
     root = Dir()
+    root.add("buggy.raw", File(Buggy, 4096))
     root.add("a.raw", File(lambda: Disk("a", True), 1 << 20))
     root.add("b.raw", File(lambda: Disk("b", False), 1 << 20))
     ops.mount(Tree(root), sys.argv[1], foreground=True)
@@ -441,6 +447,11 @@ def test_two_readers_of_two_disks_progress_together(tmp_path):
         reader("b.raw")
         a.join(120)
         assert results == {"a.raw": b"a" * 4096, "b.raw": b"b" * 4096}
+        # an exception that is not a vmsift error (a bug) fails that read, not the mount
+        with pytest.raises(OSError) as e:
+            (mnt / "buggy.raw").read_bytes()
+        assert e.value.errno == errno.EIO
+        assert (mnt / "b.raw").read_bytes() == b"b" * (1 << 20) and proc.poll() is None
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)

@@ -122,8 +122,20 @@ class TreeOps(pyfuse3.Operations):
     def _guarded(self, fn: Callable[..., Any], *args) -> Any:
         try:
             return fn(*args)
-        except VmsiftError as e:
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as e:  # a bug must not take the mount down (pyfuse3 would end)
+            if not isinstance(e, VmsiftError):
+                print(f"vmsift: warning: {_describe(e)}", file=sys.stderr, flush=True)
             raise pyfuse3.FUSEError(errno_of(e)) from None
+
+    def _children(self, folder: Dir) -> dict[str, Node]:
+        """The folder's children, filled now if need be; a failure is warned of once."""
+        try:
+            return folder.children()
+        except VmsiftError as e:
+            self._warn(folder, 0, e)
+            raise
 
     def _node(self, inode: int) -> Node:
         try:
@@ -132,11 +144,11 @@ class TreeOps(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT) from None
 
     def _warn(self, node: Node, offset: int, e: BaseException) -> None:
-        """One line on stderr for the first failure of a file."""
+        """One line on stderr for the first failure of a file or folder."""
         if node.inode in self._warned:
             return
         self._warned.add(node.inode)
-        print(f"vmsift: warning: {self.tree.path(node)} @ {offset:#x}: {e} (answered "
+        print(f"vmsift: warning: {self.tree.path(node)} @ {offset:#x}: {_describe(e)} (answered "
               f"{errno.errorcode.get(errno_of(e), 'EIO')}; further errors of this file are "
               f"not shown)", file=sys.stderr, flush=True)
 
@@ -191,7 +203,8 @@ class TreeOps(pyfuse3.Operations):
             return await self._attributes(parent)
         if text == "..":
             return await self._attributes(self.tree.parent(parent_inode))
-        children = parent.children() if parent.filled else await self._work(parent.children)
+        children = parent.children() if parent.filled else await self._work(self._children,
+                                                                             parent)
         node = children.get(text)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -214,7 +227,8 @@ class TreeOps(pyfuse3.Operations):
 
     async def readdir(self, fh, start_id, token):
         folder = self._node(fh)
-        children = folder.children() if folder.filled else await self._work(folder.children)
+        children = folder.children() if folder.filled else await self._work(self._children,
+                                                                             folder)
         items = list(children.items())[start_id:]
         if not all(self._cheap(node) for _, node in items):
             await self._work(lambda: [self._blocks(n) for _, n in items if isinstance(n, File)])
@@ -267,9 +281,9 @@ class TreeOps(pyfuse3.Operations):
                 return
         try:
             source = node.opener()
-        except VmsiftError as e:
+        except Exception as e:
             self._warn(node, 0, e)
-            raise
+            raise pyfuse3.FUSEError(errno_of(e)) from None
         with self._open_lock:
             shared = self._open.setdefault(node.inode, OpenSource(source))
             shared.users += 1
@@ -310,7 +324,7 @@ class TreeOps(pyfuse3.Operations):
                 parts = [self._data(node.inode, src, r.offset, r.length)
                          if r.kind is Alloc.DATA else bytes(r.length)
                          for r in src.extents(start, end - start)]
-        except VmsiftError as e:
+        except Exception as e:  # damage (or a bug): this read fails, the mount stays
             self._warn(node, offset, e)
             raise pyfuse3.FUSEError(errno_of(e)) from None
         return parts[0] if len(parts) == 1 else b"".join(parts)
@@ -341,6 +355,13 @@ class TreeOps(pyfuse3.Operations):
 
     setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = _read_only
     write = create = setxattr = removexattr = fallocate = _read_only
+
+
+def _describe(e: BaseException) -> str:
+    """A failure in one line: a vmsift error as it renders, anything else as the bug it is."""
+    if isinstance(e, VmsiftError):
+        return str(e)
+    return f"internal error {type(e).__name__}: {e} (a bug in vmsift; please report it)"
 
 
 def mount(tree: Tree, mountpoint: str, *, foreground: bool = False,
