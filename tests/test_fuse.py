@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT, data_runs, missing, require_tool, sparse_copy, vmsift
+from tests.test_datastore import kernel_images  # noqa: F401  (the kernel-written OCFS2 images)
 from vmsift.datastore.detect import open_datastore
 from vmsift.datastore.disk import open_disk
 from vmsift.datastore.snapshots import disk_at_snapshot
@@ -498,16 +499,6 @@ def test_esxi_vmfs5_mount_with_rdm(cache_dir, tmp_path):
 
 
 # --- OCFS2 written by the kernel ---------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def kernel_images(cache_dir):
-    from tests.fixtures import ocfs2_kernel
-
-    gone = ocfs2_kernel.missing_tools()
-    if gone:
-        missing(f"tools to build OCFS2 images: {', '.join(gone)}")
-    return ocfs2_kernel.build_images(cache_dir)
-
 
 def test_ocfs2_kernel_image_mount(kernel_images, tmp_path):
     """Every file as the guest's md5 says and as the library reads it; hard links; the VM
