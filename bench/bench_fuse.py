@@ -11,7 +11,8 @@ one run, each figure the best of ``--repeat``:
   ("hot": memory speed, where FUSE's own cost shows) and once after
   ``POSIX_FADV_DONTNEED`` on them ("cold": read from the storage, as evidence is);
 * 4 KiB reads at seeded random offsets: direct, and through the mount with
-  ``POSIX_FADV_RANDOM`` (what a random reader asks for) and with the default readahead.
+  ``POSIX_FADV_RANDOM`` (what a random reader asks for) and with the default readahead;
+* the same through a ``--direct-io`` mount (no page cache: each read goes to vmsift).
 
     .venv/bin/python bench/bench_fuse.py [--workdir DIR] [--size-mib 1024] [--repeat 3]
 
@@ -68,9 +69,9 @@ def make_datastore(root: Path, size: int) -> None:
 
 
 @contextlib.contextmanager
-def mounted(datastore: Path, mnt: Path):
+def mounted(datastore: Path, mnt: Path, *options: str):
     mnt.mkdir(exist_ok=True)
-    subprocess.run([*VMSIFT, "mount", str(datastore), str(mnt)], check=True, cwd=ROOT)
+    subprocess.run([*VMSIFT, "mount", *options, str(datastore), str(mnt)], check=True, cwd=ROOT)
     try:
         yield mnt / "vms" / "bench" / "current" / "bench.raw"
     finally:
@@ -138,8 +139,9 @@ def main() -> None:
         direct_cold = best(args.repeat, cold_direct)
         direct_rand = best(args.repeat, lambda: scattered(disk.read, offsets))
 
-    def through_mount(measure, advice: int | None = None, cold: bool = False) -> float:
-        with mounted(datastore, work / "mnt") as path:
+    def through_mount(measure, advice: int | None = None, cold: bool = False,
+                      options: tuple[str, ...] = ()) -> float:
+        with mounted(datastore, work / "mnt", *options) as path:
             if cold:
                 drop_cache(datastore)
             fd = os.open(path, os.O_RDONLY)
@@ -153,6 +155,13 @@ def main() -> None:
     mount_seq = best(args.repeat, lambda: through_mount(lambda r: sequential(r, size)))
     mount_cold = best(args.repeat, lambda: through_mount(lambda r: sequential(r, size),
                                                          cold=True))
+    direct_io = ("--direct-io",)
+    dio_seq = best(args.repeat, lambda: through_mount(lambda r: sequential(r, size),
+                                                      options=direct_io))
+    dio_cold = best(args.repeat, lambda: through_mount(lambda r: sequential(r, size),
+                                                       cold=True, options=direct_io))
+    dio_rand = best(args.repeat, lambda: through_mount(lambda r: scattered(r, offsets),
+                                                       options=direct_io))
     mount_rand = best(args.repeat, lambda: through_mount(lambda r: scattered(r, offsets),
                                                          os.POSIX_FADV_RANDOM))
     mount_rand_ra = best(args.repeat, lambda: through_mount(lambda r: scattered(r, offsets)))
@@ -163,6 +172,12 @@ def main() -> None:
           f"{mount_cold:.0f} MB/s | {mount_cold / direct_cold:.2f} |")
     print(f"| sequential, 1 MiB reads, host files hot | {direct_seq:.0f} MB/s | "
           f"{mount_seq:.0f} MB/s | {mount_seq / direct_seq:.2f} |")
+    print(f"| sequential, 1 MiB reads, cold, `--direct-io` | {direct_cold:.0f} MB/s | "
+          f"{dio_cold:.0f} MB/s | {dio_cold / direct_cold:.2f} |")
+    print(f"| sequential, 1 MiB reads, hot, `--direct-io` | {direct_seq:.0f} MB/s | "
+          f"{dio_seq:.0f} MB/s | {dio_seq / direct_seq:.2f} |")
+    print(f"| random 4 KiB reads, `--direct-io` | {direct_rand:.0f} reads/s | "
+          f"{dio_rand:.0f} reads/s | {dio_rand / direct_rand:.2f} |")
     print(f"| random 4 KiB reads, POSIX_FADV_RANDOM | {direct_rand:.0f} reads/s | "
           f"{mount_rand:.0f} reads/s | {mount_rand / direct_rand:.2f} |")
     print(f"| random 4 KiB reads, default readahead | {direct_rand:.0f} reads/s | "

@@ -254,10 +254,15 @@ def test_folder_datastore_mount(folder_ds, tmp_path):
         assert check_vms_view(mnt, volume, {"web01", "pvm"}) == 4
 
 
-def test_partition_file_is_read_by_e2fsprogs(folder_ds, tmp_path):
-    """The ext4 partition inside the VMDK, as a file of the mount, to ordinary tools."""
+@pytest.mark.parametrize("options", [(), ("--direct-io",)], ids=["page-cache", "direct-io"])
+def test_partition_file_is_read_by_e2fsprogs(folder_ds, tmp_path, options):
+    """The ext4 partition inside the VMDK, as a file of the mount, to ordinary tools; with
+    and without the page cache."""
     debugfs, fsck = require_tool("debugfs"), require_tool("fsck.ext4")
-    with mounted(tmp_path, folder_ds) as mnt:
+    with mounted(tmp_path, folder_ds, *options) as mnt, \
+            open_datastore([str(folder_ds)]) as volume:
+        with open_disk(volume, "pvm/pvm.vmdk") as disk:
+            same_contents(mnt / "vms" / "pvm" / "current" / "pvm.raw", disk)
         current = mnt / "vms" / "pvm" / "current"
         assert sorted(os.listdir(current)) == ["pvm.p1", "pvm.raw"]
         part = current / "pvm.p1"
