@@ -9,9 +9,12 @@
   without reading. Reads smaller than `CACHE_BLOCK` are served from a bounded cache of
   recently read aligned blocks; larger ones go straight to the source (the kernel's page
   cache keeps them).
+* The kernel is let read ahead `MAX_READ` (1 MiB) so that sequential readers send 1 MiB
+  requests; with ``direct_io`` the page cache is bypassed and requests are as the reader
+  asks (up to 1 MiB).
 * A source that fails (damage, missing data) answers ``EIO`` (or the error's own errno, see
   `errno_of`), with one warning line on stderr per file naming it and the offset; the mount
-  stays up.
+  stays up, also when the failure is a bug (any exception).
 """
 
 from __future__ import annotations
