@@ -354,10 +354,11 @@ def test_damaged_disk_reads_eio_and_the_mount_stays(folder_ds, tmp_path):
     assert "EIO" in lines[0]
 
 
-def test_sigterm_unmounts_cleanly(folder_ds, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_unmounts_cleanly(folder_ds, tmp_path, sig):
     with foreground(tmp_path, folder_ds) as (mnt, proc):
         assert (mnt / "files" / "sparse.bin").stat().st_size == 100 * MiB
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         assert proc.wait(60) == 0
         assert not os.path.ismount(mnt)
         assert os.listdir(mnt) == []

@@ -22,7 +22,7 @@ def _fuse():
 @click.argument("args", nargs=-1, required=True, metavar="SOURCE... MOUNTPOINT")
 @click.option("--span", "spans", multiple=True, type=click.Path(exists=True),
               help="Another device of a spanned VMFS volume (repeatable).")
-@click.option("-r", "--repository", "repo", metavar="REPO",
+@click.option("-r", "--repo", "repo", metavar="REPO",
               help="Mount this backup repository instead of a datastore.")
 @click.option("--password-file", type=click.Path(dir_okay=False, exists=True),
               help="The repository's password, first line (else VMSIFT_PASSWORD or a prompt).")

@@ -8,7 +8,8 @@ can clash with a view:
   raw device mapping files (their data is on a LUN: reads fail). With ``deleted``, each
   folder also lists the deleted entries the format keeps, as ``<name> (deleted)`` (names
   only: the formats keep no data for them).
-* ``vms/<vm>/``: ``info.txt``, the VM's configuration files, ``current/`` and one folder per
+* ``vms/<vm>/``: ``info.txt``, the VM's small files (configuration, snapshot database,
+  NVRAM, logs: not its disks), ``current/`` and one folder per
   snapshot, each holding ``<disk>.raw`` (the disk flattened through its chain as it was then)
   and ``<disk>.p1``, ``<disk>.p2`` ... for each MBR or GPT partition of it.
 
@@ -33,9 +34,6 @@ from ..errors import VmsiftError
 from ..formats import partition
 from ..source import Alloc, ByteSource, BytesSource, SliceSource, ZeroSource
 from .tree import Attrs, Dir, File, Node, Symlink, Tree, unique_name
-
-CONFIG_SUFFIXES = (".vmx", ".vmxf", ".vmsd", ".vmtx", ".nvram", ".log", ".cfg")
-
 
 def warn(message: str) -> None:
     print(f"vmsift: warning: {message}", file=sys.stderr, flush=True)
@@ -129,7 +127,7 @@ def _deleted_node(entry: DirEntry) -> Node:
 
 
 # --- vms/ ----------------------------------------------------------------------------------
-# All use of vmsift.datastore.vm / snapshots / disk is in this section.
+# All use of vmsift.datastore.vm (its VM handle) is in this section.
 
 def _vm_records(volume: Volume) -> list:
     """The VMs of the volume (`datastore.vm.VmRecord`); unreadable folders are warned of."""
@@ -142,22 +140,12 @@ def _vm_records(volume: Volume) -> list:
     return vms
 
 
-def _disk_file(volume: Volume, vm, disk, snapshot: dict | None) -> str:
-    """The volume path holding ``disk`` of ``vm`` at ``snapshot`` (None: now)."""
-    from ..datastore.snapshots import disk_at_snapshot
+def _disk_opener(volume: Volume, disk, snapshot: dict | None) -> Callable[[], ByteSource]:
+    """Opens ``disk`` flattened as it is now (``snapshot`` None) or at ``snapshot``."""
+    from ..datastore.vm import open_vm_disk
 
-    if snapshot is None:
-        return disk.path
-    return disk_at_snapshot(volume, disk.path, str(snapshot["uid"]))
-
-
-def _disk_opener(volume: Volume, vm, path: str) -> Callable[[], ByteSource]:
-    """Opens the flattened disk at ``path`` (VMware: with its chain; Oracle VM: the image)."""
-    from ..datastore.disk import open_disk
-
-    if vm.kind == "oraclevm":
-        return lambda: volume.open(path)
-    return lambda: open_disk(volume, path, strict=False)
+    at = None if snapshot is None else str(snapshot["uid"])
+    return lambda: open_vm_disk(volume, disk, at, strict=False)
 
 
 def _disk_xattrs(src: ByteSource, snapshot: dict | None) -> dict:
@@ -194,11 +182,13 @@ def _vm_entries(volume: Volume, vm) -> Iterator[tuple[str, Node]]:
         yield snap["display_name"] or f"snapshot {snap['uid']}", Dir(
             lambda snap=snap: _snapshot_disks(volume, vm, snap), attrs,
             {"user.vmsift.snapshot": str(snap["uid"])})
-    folder = posixpath.dirname(vm.config)
-    for entry in volume.listdir(folder):
-        if entry.type is FileType.FILE and entry.name.lower().endswith(CONFIG_SUFFIXES):
-            full = posixpath.join(folder, entry.name)
-            yield entry.name, volume_node(volume, full, volume.stat(full))
+    for path in vm.files:  # configuration, snapshot database, NVRAM, logs ...
+        try:
+            node = volume_node(volume, path, volume.stat(path))
+        except VmsiftError as e:
+            warn(f"{path}: left out of the mount: {e}")
+            continue
+        yield posixpath.relpath(path, vm.folder).replace("/", "_"), node
 
 
 def _snapshot_disks(volume: Volume, vm, snapshot: dict | None) -> Iterator[tuple[str, Node]]:
@@ -211,9 +201,8 @@ def _snapshot_disks(volume: Volume, vm, snapshot: dict | None) -> Iterator[tuple
                                                      else disk.path))[0]
         stem = unique_name(taken, base)
         taken.add(stem)
+        opener = _disk_opener(volume, disk, snapshot)
         try:
-            path = _disk_file(volume, vm, disk, snapshot)
-            opener = _disk_opener(volume, vm, path)
             with opener() as src:
                 size, xattrs, table = src.size, _disk_xattrs(src, snapshot), _table(src)
         except VmsiftError as e:
