@@ -35,6 +35,7 @@ from ..formats import partition
 from ..source import Alloc, ByteSource, BytesSource, SliceSource, ZeroSource
 from .tree import Attrs, Dir, File, Node, Symlink, Tree, unique_name
 
+
 def warn(message: str) -> None:
     print(f"vmsift: warning: {message}", file=sys.stderr, flush=True)
 
@@ -291,7 +292,7 @@ def repository_tree(repo) -> Tree:
                            {"user.vmsift.snapshot": snap.id,
                             "user.vmsift.vm": json.dumps(snap.vm, sort_keys=True,
                                                          default=str)}))
-        stamp = snap.time.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = snap.time.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         short = next(n for n, c in by_id.children().items() if c is folder)
         by_time.add(unique_name(by_time.children(), stamp), Symlink(f"../snapshots/{short}"))
         latest[vm] = f"../snapshots/{short}/{vm}"
