@@ -385,3 +385,96 @@ def test_restore_never_writes_outside_the_target(tmp_path):
     for name in ("../x", "/etc/passwd", "a/../../x", "", "a//b", "./x"):
         with pytest.raises(UnsupportedError, match="unsafe name"):
             _safe_join(str(tmp_path), name)
+
+
+def _disk_events(repo, *args) -> dict[str, dict]:
+    return {e["disk"]: e for e in backup_json(repo, *args) if e["event"] == "disk"}
+
+
+def test_change_hints_identity_chain_and_full(tmp_path, cache):
+    vm, repo = tmp_path / "vm", tmp_path / "repo"
+    make_vm(vm)
+    ok("init", "-r", repo, "--encryption", "none")
+    first = _disk_events(repo, vm)
+    assert first["web.vmdk"]["hint"] == "none"
+    again = _disk_events(repo, vm)                       # nothing changed: nothing read
+    assert {d: e["hint"] for d, e in again.items()} == {"web.vmdk": "identity",
+                                                         "data.vmdk": "identity"}
+    assert again["web.vmdk"]["stats"]["read"] == 0
+    assert again["web.vmdk"]["stats"]["reused"] == first["web.vmdk"]["stats"]["read"] - MIB
+    # a snapshot is taken: a new delta above the disk the last backup saw, written to
+    run("qemu-img", "create", "-q", "-f", "vmdk", "-b", "web-000001.vmdk", "-F", "vmdk",
+        vm / "web-000002.vmdk")
+    qemu_io(vm / "web-000002.vmdk", "write -P 0x66 50M 64k", "write -P 0x67 2M 4k")
+    (vm / "web.vmx").write_text(VMX.replace("web-000001.vmdk", "web-000002.vmdk"))
+    third = _disk_events(repo, vm)
+    assert third["web.vmdk"]["hint"] == "chain"
+    assert third["web.vmdk"]["stats"]["read"] == 2 * 64 * 1024   # the delta's two grains
+    assert third["web.vmdk"]["stats"]["new"] == 2 * 64 * 1024
+    ok("restore", "-r", repo, "latest", "--disk", "web.vmdk", "--target", tmp_path / "r")
+    assert (tmp_path / "r" / "web.raw").read_bytes() == convert(vm / "web-000002.vmdk",
+                                                                tmp_path / "q.raw")
+    full = _disk_events(repo, vm, "--no-hints")
+    assert full["web.vmdk"]["hint"] == "none"
+    # read in full: every data cell, the 1 MiB of written zeros too (kept as ZERO before)
+    assert full["web.vmdk"]["stats"]["read"] == third["web.vmdk"]["stats"]["read"] + \
+        third["web.vmdk"]["stats"]["reused"] + MIB
+    verified = _disk_events(repo, vm, "--verify-hints")
+    assert verified["web.vmdk"]["hint"] == "identity" and verified["web.vmdk"]["hint_missed"] == []
+
+
+def _flat_vm_with_ctk(folder: Path, size: int) -> Path:
+    from tests.fixtures.ctk_writer import write_ctk
+
+    folder.mkdir()
+    (folder / "v.vmx").write_text('displayName = "ctkvm"\nscsi0:0.present = "TRUE"\n'
+                                  'scsi0:0.fileName = "v.vmdk"\n')
+    (folder / "v.vmdk").write_text(
+        "# Disk DescriptorFile\nversion=1\nCID=1234abcd\nparentCID=ffffffff\n"
+        f'createType="monolithicFlat"\nRW {size // 512} FLAT "v-flat.vmdk" 0\n'
+        'ddb.adapterType = "lsilogic"\nchangeTrackPath="v-ctk.vmdk"\n')
+    flat = folder / "v-flat.vmdk"
+    with open(flat, "wb") as f:
+        f.truncate(size)
+        for block in (0, 5, 40):
+            f.seek(block * 65536)
+            f.write(bytes([block + 1]) * 65536)
+    write_ctk(folder / "v-ctk.vmdk", size // 512, 128, {0: 1, 5: 1, 40: 1}, change_seq=3)
+    return flat
+
+
+def test_change_tracking_hint_and_its_checks(tmp_path, cache):
+    from tests.fixtures.ctk_writer import write_ctk
+
+    vm, repo, size = tmp_path / "vm", tmp_path / "repo", 8 * MIB
+    flat = _flat_vm_with_ctk(vm, size)
+    ok("init", "-r", repo, "--encryption", "none")
+    _disk_events(repo, vm)
+
+    def write(block: int, byte: int) -> None:
+        with open(flat, "r+b") as f:
+            f.seek(block * 65536)
+            f.write(bytes([byte]) * 65536)
+
+    write(7, 0x70)                                       # the guest writes block 7 ...
+    write_ctk(vm / "v-ctk.vmdk", size // 512, 128, {0: 1, 5: 1, 40: 1, 7: 4}, change_seq=4)
+    second = _disk_events(repo, vm)["v.vmdk"]            # ... and CTK marks it
+    assert second["hint"] == "ctk" and second["stats"]["read"] == 65536
+    ok("restore", "-r", repo, "latest", "--disk", "v.vmdk", "--target", tmp_path / "r")
+    assert (tmp_path / "r" / "v.raw").read_bytes() == flat.read_bytes()
+    # a CTK older than the last backup is not trusted: the next hint is used, and said so
+    write(9, 0x90)
+    write_ctk(vm / "v-ctk.vmdk", size // 512, 128, {0: 1, 5: 1, 40: 1}, change_seq=2)
+    third = _disk_events(repo, vm)["v.vmdk"]
+    assert third["hint"] == "none" and "older than the previous backup" in " ".join(
+        third["hint_notes"])
+    assert third["stats"]["read"] == 5 * 65536
+    # a CTK that contradicts the disk (block 12 written, not marked): --verify-hints says so
+    write(12, 0xC0)
+    write(30, 0x30)
+    write_ctk(vm / "v-ctk.vmdk", size // 512, 128, {0: 1, 5: 1, 40: 1, 30: 6}, change_seq=6)
+    fourth = _disk_events(repo, vm, "--verify-hints")["v.vmdk"]
+    assert fourth["hint"] == "ctk"
+    assert fourth["hint_missed"] == [{"offset": 12 * 65536, "length": 65536}]
+    text = vmsift("backup", "-r", repo, vm, "--verify-hints")
+    assert "the hint missed nothing" in text.stdout   # the CTK now matches the last backup

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,3 +88,32 @@ def test_sizes_for_people():
     assert [human_size(n) for n in (None, 0, 1023, 1024, 1_207_959_552, 1258291200)] == [
         "-", "0 bytes", "1023 bytes", "1 KiB", "1.125 GiB", "1.172 GiB"]
     assert size_field(5) == "5 bytes" and size_field(2 << 30) == "2147483648 (2 GiB)"
+
+
+@pytest.mark.parametrize("command", [["inspect"], ["ds", "ls"], ["disk", "info"]])
+def test_named_pipes_and_character_devices_are_refused_not_read(tmp_path, command):
+    fifo = tmp_path / "x.vmdk"
+    os.mkfifo(fifo)  # nobody writes: opening it for reading would wait forever
+    for path in (fifo, "/dev/zero"):
+        out = vmsift(*command, path, timeout=60)
+        assert out.returncode == 6, out.stderr
+        assert "not a regular file or block device" in out.stderr
+        assert ("named pipe" if path == fifo else "character device") in out.stderr
+
+
+def test_a_command_imports_only_what_it_uses(tmp_path):
+    # start-up time: `ds ls` of a folder loads neither the other commands nor any format's
+    # binary layouts (construct); `--help` still lists every command
+    (tmp_path / "a.vmx").write_text('displayName = "a"\n')
+    code = ("import sys\nfrom vmsift.cli import main\nmain(sys.argv[1:])\n"
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith(('vmsift', "
+            "'construct')))))")
+    out = subprocess.run([sys.executable, "-c", code, "ds", "ls", str(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    listed, loaded = out.stdout.splitlines()[0], set(out.stdout.splitlines()[-1].split())
+    assert listed == "a.vmx" and "vmsift.cli.ds_cmd" in loaded
+    assert not loaded & {"vmsift.cli.disk_cmd", "vmsift.cli.inspect_cmd", "construct",
+                         "vmsift.formats.vmdk.sparse", "vmsift.datastore.vmfs"}
+    commands = vmsift("--help").stdout.split("Commands:")[1].split()
+    assert {"disk", "ds", "inspect"} <= set(commands)

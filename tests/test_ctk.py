@@ -22,7 +22,7 @@ from vmsift.formats.vmdk import cowd, sparse
 from vmsift.source import BytesSource, FileSource
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
-FUZZ = settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """Datastores as folders: detection, listing, extraction, VM discovery (VMware and Oracle VM)."""
 
+import errno
 import json
 import os
 import subprocess
@@ -7,12 +8,14 @@ import subprocess
 import pytest
 
 from tests.helpers import require_tool, vmsift
+from vmsift import cache as cache_mod
+from vmsift.cache import LruCache
 from vmsift.datastore.detect import open_datastore
 from vmsift.datastore.extract import extract
+from vmsift.datastore.folder import FolderVolume
 from vmsift.datastore.vm import find_vms
-from vmsift.datastore import volume as volume_mod
-from vmsift.datastore.volume import FileType, LruCache
-from vmsift.errors import ChainError, SourceError, UnsupportedError
+from vmsift.datastore.volume import FileType
+from vmsift.errors import ErrorKind, SourceError, UnsupportedError
 
 MiB = 1 << 20
 REPO = "0004fb0000030000aeaca859e4a8f8c0"
@@ -132,11 +135,47 @@ def test_extract_is_sparse_and_safe(datastore, tmp_path):
         (datastore / "web01" / "escape.lnk").unlink()
 
 
+def test_folder_datastore_never_follows_links(tmp_path):
+    """Links inside the folder, to files and folders inside it, are not followed either:
+    open and exists refuse them as stat shows them, and no path goes through one."""
+    (tmp_path / "vm").mkdir()
+    (tmp_path / "vm" / "a.vmdk").write_bytes(b"disk")
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "file-link").symlink_to("vm/a.vmdk")
+    (tmp_path / "dir-link").symlink_to("vm")
+    volume = FolderVolume(tmp_path)
+    assert volume.open("vm/a.vmdk").read(0, 4) == b"disk" and volume.exists("vm/a.vmdk")
+    assert volume.stat("file-link").type is FileType.SYMLINK
+    assert volume.readlink("file-link") == "vm/a.vmdk"
+    cases = [("file-link", ErrorKind.IS_A_LINK, errno.ELOOP),
+             ("dir-link/a.vmdk", ErrorKind.NOT_A_DIR, errno.ENOTDIR),
+             ("vm", ErrorKind.IS_A_DIR, errno.EISDIR),
+             ("pipe", ErrorKind.NOT_A_FILE, errno.ENXIO),
+             ("vm/a.vmdk/x", ErrorKind.NOT_A_DIR, errno.ENOTDIR),
+             ("vm/missing", ErrorKind.NOT_FOUND, errno.ENOENT)]
+    for path, kind, number in cases:
+        with pytest.raises(SourceError) as e:
+            volume.open(path)
+        assert (e.value.kind, e.value.errno) == (kind, number), path
+        assert not volume.exists(path)
+    for path in ("dir-link", "dir-link/", "vm/a.vmdk"):
+        with pytest.raises(SourceError) as e:
+            volume.listdir(path)
+        assert e.value.kind is ErrorKind.NOT_A_DIR, path
+    with pytest.raises(SourceError) as e:
+        volume.stat("dir-link/a.vmdk")
+    assert e.value.kind is ErrorKind.NOT_A_DIR
+    with pytest.raises(SourceError) as e:
+        volume.readlink("vm")
+    assert e.value.kind is ErrorKind.NOT_A_LINK
+    assert [e.name for e in volume.listdir("")] == ["dir-link", "file-link", "pipe", "vm"]
+
+
 def test_links_out_of_a_folder_datastore_are_refused(datastore, tmp_path):
     (datastore / "out.vmdk").symlink_to("/etc/passwd")
     try:
         volume = open_datastore([str(datastore)])
-        with pytest.raises(ChainError, match="outside the datastore"):
+        with pytest.raises(SourceError, match="symbolic link"):
             volume.open("out.vmdk")
         assert volume.stat("out.vmdk").type is FileType.SYMLINK
         assert volume.readlink("out.vmdk") == "/etc/passwd"
@@ -184,17 +223,6 @@ def test_vmfs_image_through_the_datastore_layer(cache_dir):
         assert list(find_vms(volume)) == []  # descriptors but no .vmx on this volume
     out = vmsift("ds", "cat", path, "small")
     assert out.returncode == 0 and out.stdout == open_datastore([path]).open("small").read(0, 5).decode()
-
-
-@pytest.fixture(scope="module")
-def kernel_images(cache_dir):
-    from tests.fixtures import ocfs2_kernel
-    from tests.helpers import missing
-
-    gone = ocfs2_kernel.missing_tools()
-    if gone:
-        missing(f"tools to build OCFS2 images: {', '.join(gone)}")
-    return ocfs2_kernel.build_images(cache_dir)
 
 
 def _md5(data: bytes) -> str:
@@ -304,6 +332,6 @@ def test_folder_caches_are_bounded_by_entries():
         counted.put(key, None)
     assert list(counted) == ["x", "y", "z"]
     folders = LruCache.for_folders()  # empty folders count one each
-    for i in range(volume_mod.CACHED_DIR_ENTRIES + 10):
+    for i in range(cache_mod.CACHED_DIR_ENTRIES + 10):
         folders.put(i, [])
-    assert len(folders) == volume_mod.CACHED_DIR_ENTRIES == folders.total
+    assert len(folders) == cache_mod.CACHED_DIR_ENTRIES == folders.total

@@ -13,6 +13,7 @@ import pytest
 from tests.helpers import require_tool, sparse_copy, vmsift
 from vmsift.datastore.detect import open_datastore
 from vmsift.datastore.vm import find_vms, oracle_vm_role
+from vmsift.errors import UnsupportedError
 
 MiB = 1 << 20
 VMFS_GPT_TYPE = "AA31E02A-400F-11DB-9590-000C2911D1B8"  # "VMware VMFS" (sgdisk code fb00)
@@ -120,5 +121,5 @@ def test_unknown_partitions_are_listed_as_tried(tmp_path):
     out = vmsift("ds", "info", disk)
     assert out.returncode == 4, out.stderr
     assert "partition" in out.stderr and "Traceback" not in out.stderr
-    with pytest.raises(Exception, match="partition"):
+    with pytest.raises(UnsupportedError, match="partition"):
         open_datastore([str(disk)])

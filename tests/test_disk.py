@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ from tests.helpers import require_tool, vmsift
 from vmsift.datastore.disk import describe, open_disk
 from vmsift.datastore.export import export_raw
 from vmsift.datastore.folder import FolderVolume
-from vmsift.errors import ChainError, SourceError, TruncatedError, UnsupportedError
+from vmsift.errors import (ChainError, ErrorKind, Problem, SourceError, TruncatedError,
+                           UnsupportedError)
 from vmsift.source import Alloc
 
 GiB = 1 << 30
@@ -131,6 +133,20 @@ def test_describe_chain(disks):
     assert report.data["adapter"] == "ide"
 
 
+def test_allocated_of_a_stream_disk_is_what_its_file_stores(tmp_path):
+    # 4 MiB of one byte value compress to a file of a few KiB (qemu-img writes it)
+    require_tool("qemu-img")
+    require_tool("qemu-io")
+    run("qemu-img", "create", "-q", "-f", "raw", "src.raw", "64M", cwd=tmp_path)
+    run("qemu-io", "-f", "raw", "-c", "write -P 0x42 0 4M", "src.raw", cwd=tmp_path)
+    run("qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", "src.raw",
+        "s.vmdk", cwd=tmp_path)
+    size = (tmp_path / "s.vmdk").stat().st_size
+    with open_disk(FolderVolume(tmp_path), "s.vmdk") as disk:
+        assert describe(disk).data["chain"][0]["allocated"] == size < 4 * MiB
+        assert disk.read(0, 4 * MiB) == b"\x42" * (4 * MiB)
+
+
 def _copy_chain(src: Path, dst: Path):
     dst.mkdir()
     for name in ("base.vmdk", "child1.vmdk", "child2.vmdk"):
@@ -156,6 +172,9 @@ def test_cid_mismatch_is_an_error_unless_asked(disks, tmp_path):
         open_disk(FolderVolume(d), "child2.vmdk")
     with open_disk(FolderVolume(d), "child2.vmdk", strict=False) as disk:
         assert len(disk.warnings) == 1 and "parent changed" in disk.warnings[0]
+        problem = disk.warnings[0]  # a record: the same line, and whose it is
+        assert isinstance(problem, Problem) and problem.source == "child1.vmdk"
+        assert str(problem) == f"child1.vmdk: {problem.what}"
 
 
 def _delta(path: Path, parent: str, extent: str = "child1.vmdk"):
@@ -193,8 +212,9 @@ def test_symlink_out_of_the_datastore_is_refused(tmp_path, disks):
     d = tmp_path / "ds"
     d.mkdir()
     (d / "x.vmdk").symlink_to(disks / "monolithicSparse" / "base.vmdk")
-    with pytest.raises(ChainError, match="outside the datastore"):
-        open_disk(FolderVolume(d), "x.vmdk")
+    with pytest.raises(SourceError, match="symbolic link") as e:
+        open_disk(FolderVolume(d), "x.vmdk")  # links are never followed, in or out
+    assert e.value.kind is ErrorKind.IS_A_LINK
 
 
 def test_raw_device_maps(tmp_path):
@@ -346,6 +366,48 @@ def test_cli_salvage_and_device(disks, tmp_path):
     assert out.returncode == 0 and (tmp_path / "d.raw").read_bytes() == b"Q" * 4096
 
 
+def _cut_copy(src: Path, dst: Path, names, cut: str):
+    """Copy the files ``names`` of a disk folder, ``cut`` losing its last grain (and more)."""
+    dst.mkdir()
+    for name in names:
+        raw = (src / name).read_bytes()
+        (dst / name).write_bytes(raw[:len(raw) - 65536 - 1000] if name == cut else raw)
+
+
+SPLIT = ["base.vmdk", "base-s001.vmdk", "base-s002.vmdk"]
+
+
+@pytest.mark.parametrize("sub, names, cut, top", [
+    ("twoGbMaxExtentSparse", SPLIT, "base-s002.vmdk", "base.vmdk"),
+    ("twoGbMaxExtentSparse", SPLIT + ["child1.vmdk", "child2.vmdk"], "base-s002.vmdk",
+     "child2.vmdk"),
+    ("monolithicSparse", ["base.vmdk", "child1.vmdk", "child2.vmdk"], "base.vmdk",
+     "child2.vmdk")], ids=["split", "split-chained", "chained"])
+def test_cli_salvage_reports_every_extent_of_every_link(disks, tmp_path, sub, names, cut, top):
+    """The damaged grain sits in the last extent of the base: salvage zeroes it and says so,
+    however the disk is split and whatever lies on top of it."""
+    d = tmp_path / "d"
+    _cut_copy(disks / sub, d, names, cut)
+    out = vmsift("disk", "export", d / top, tmp_path / "a.raw")
+    assert out.returncode == 3 and "runs past the end" in out.stderr
+    out = vmsift("disk", "export", "--salvage", d / top, tmp_path / "b.raw")
+    assert out.returncode == 0, out.stderr
+    notes = [line for line in out.stderr.splitlines() if line.startswith("warning: salvaged:")]
+    assert notes and all(f"/{cut} @ " in n and "read as zeros" in n for n in notes), out.stderr
+    with open(tmp_path / "b.raw", "rb") as f:
+        f.seek(3 * GiB - 512)
+        assert f.read(512) == bytes(512)  # lost: zeros
+        assert f.read(1) == b""
+        f.seek(0)
+        assert f.read(1) == b"\x11"  # what is still there reads as it was
+    from vmsift.datastore.disk import OpenOptions
+    with open_disk(FolderVolume(d), top, options=OpenOptions(salvage=True)) as disk:
+        export_raw(disk, tmp_path / "c.raw")
+        assert all(p.source == str(d / cut) for p in disk.damaged())
+        assert [str(p) for p in disk.damaged()] == [n.removeprefix("warning: salvaged: ")
+                                                    for n in notes]
+
+
 def test_zero_pieces_inside_data_stay_holes(tmp_path):
     from vmsift.datastore.export import ZERO_GRAIN, nonzero_spans
     from vmsift.source import BytesSource
@@ -375,3 +437,24 @@ def test_failed_export_with_force_keeps_the_existing_file(disks, tmp_path, fmt):
     out = vmsift("disk", "export", "--force", "--format", fmt,
                  disks / "monolithicSparse" / "base.vmdk", target)
     assert out.returncode == 0 and target.read_bytes() != b"precious evidence"
+
+
+@pytest.mark.parametrize("hide_zlib_ng", [False, True])
+def test_stream_disk_reads_the_same_with_zlib_ng_or_zlib(tmp_path, hide_zlib_ng):
+    # zlib-ng inflates grains when installed; without it the standard zlib does
+    require_tool("qemu-img")
+    require_tool("qemu-io")
+    run("qemu-img", "create", "-q", "-f", "raw", "src.raw", "16M", cwd=tmp_path)
+    run("qemu-io", "-f", "raw", "-c", "write -P 0x5a 1M 3M", "-c", "write -P 0 8M 64k",
+        "src.raw", cwd=tmp_path)
+    run("qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", "src.raw",
+        "s.vmdk", cwd=tmp_path)
+    code = ("import sys\n" + ("sys.modules['zlib_ng'] = None\n" if hide_zlib_ng else "") +
+            "from vmsift.formats.vmdk import sparse\nprint(sparse.zlib.__name__)\n"
+            "from vmsift.cli import main\nsys.exit(main(sys.argv[1:]))")
+    out = subprocess.run([sys.executable, "-c", code, "disk", "export", str(tmp_path / "s.vmdk"),
+                          str(tmp_path / "out.raw")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    if hide_zlib_ng:
+        assert out.stdout.split() == ["zlib"]
+    assert (tmp_path / "out.raw").read_bytes() == (tmp_path / "src.raw").read_bytes()

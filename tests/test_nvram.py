@@ -477,7 +477,7 @@ def test_load_option_damage():
 
 # --- fuzzing -------------------------------------------------------------------------------------
 
-FUZZ = settings(max_examples=200, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SEEDS = [w.build_efi(), w.build_bios()]
 
 

@@ -454,3 +454,15 @@ def test_mutated_files_only_vmsift_errors(path: Path, edits, cut: int):
     assert cfg.dump() == data
     report = vmcfg.inspect(BytesSource(data))
     assert report.kind == "vmcfg"
+
+
+@pytest.mark.parametrize("statement", [b"import os\n", b"os.system('touch /tmp/x')\n",
+                                       b"memory = __import__('os').getpid()\n"])
+def test_vm_cfg_with_python_statements_says_they_are_never_run(tmp_path, statement):
+    from .helpers import vmsift
+
+    cfg = tmp_path / "vm.cfg"
+    cfg.write_bytes(b"name = 'db01'\nmemory = 2048\n" + statement + b"vcpus = 2\n")
+    out = vmsift("inspect", cfg)
+    assert out.returncode == 3, out.stderr
+    assert "line 3:" in out.stderr and "never run" in out.stderr

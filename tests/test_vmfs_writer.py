@@ -170,8 +170,8 @@ def test_cli_stat_text(built):
 def test_folder_cache_budget(built, monkeypatch):
     """With a budget of 5,000 cached entries, the 10,000-entry folder is dropped as soon as
     another folder is read, and reads the same when read again."""
-    from vmsift.datastore import volume as volume_mod
-    monkeypatch.setattr(volume_mod, "CACHED_DIR_ENTRIES", 5000)
+    from vmsift import cache as cache_mod
+    monkeypatch.setattr(cache_mod, "CACHED_DIR_ENTRIES", 5000)
     with open_datastore([str(built[0])]) as v:
         first = v.listdir("bigdir")
         assert len(first) == 10_000 and v.stat("bigdir/f04242").size > 0

@@ -23,7 +23,7 @@ from vmsift.formats.memory import physical_view
 from vmsift.source import Alloc, BytesSource, FileSource
 
 GIB = 1 << 30
-FUZZ = settings(max_examples=200, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="session")

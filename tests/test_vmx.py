@@ -7,6 +7,8 @@ import pytest
 from vmsift.formats import dictfile, vmx
 from vmsift.inspect import inspect_path
 
+from tests.helpers import vmsift
+
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo-vm"
 
 
@@ -112,3 +114,24 @@ def test_encrypted_vmx_is_recognised():
     raw = b'.encoding = "UTF-8"\ndisplayName = "x"\nencryption.keySafe = "vmware:key/list/()"\n' \
           b'encryption.data = "AAAA"\n'
     assert vmx.sniff(raw) and vmx.parse(raw).encrypted
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_a_50_mb_value_names_its_line_and_the_limit(tmp_path, first):
+    value = b'annotation = "' + b"A" * (50 << 20) + b'"\n'
+    head = b'.encoding = "UTF-8"\nconfig.version = "8"\nvirtualHW.version = "19"\n'
+    path = tmp_path / "big.vmx"
+    path.write_bytes(value + head if first else head + value)
+    out = vmsift("inspect", path)
+    assert out.returncode == 3, out.stderr
+    assert f"more than the {vmx.MAX_SIZE} allowed" in out.stderr
+    assert f"line {1 if first else 4} ('annotation')" in out.stderr
+
+
+def test_a_vmx_that_its_content_test_misses_is_decoded_by_name(tmp_path):
+    # a first line longer than the content test reads: decoded because of its name
+    path = tmp_path / "long.vmx"
+    path.write_bytes(b'annotation = "' + b"A" * (1 << 20) + b'"\nmemsize = "2048"\n')
+    report = inspect_path(path)
+    assert (report.kind, report.detected_by) == ("vmx", "extension")
+    assert report.fields["memory"] is not None and not report.warnings

@@ -7,8 +7,10 @@ Each format module that `inspect` knows offers three names:
   format; it must be cheap and never raise;
 * ``inspect(src: ByteSource) -> Report``: decode the whole file.
 
-Formats without any header (raw memory, swap) also name ``EXTENSIONS``; those are used only
-when no content test matched, and the report then says ``detected_by = "extension"``.
+Formats without any header (raw memory, swap) also name ``EXTENSIONS``, and text formats
+whose content test can miss a damaged file (``.vmx``, ``vm.cfg``) name ``EXTENSIONS`` or
+file ``NAMES``: those are used only when no content test matched, so the decoder names
+what is wrong, and the report then says ``detected_by = "extension"``.
 """
 
 from __future__ import annotations
@@ -41,11 +43,29 @@ def detect(src: ByteSource) -> tuple[ModuleType, str]:
         if module.sniff(head):
             return module, "content"
     ext = os.path.splitext(src.name)[1].lower()
+    name = os.path.basename(src.name).lower()
     for module in detectors:
-        if ext in getattr(module, "EXTENSIONS", ()):
+        if ext in getattr(module, "EXTENSIONS", ()) or name in getattr(module, "NAMES", ()):
             return module, "extension"
+    raise UnsupportedError(_not_decodable(src, ext, detectors), source=src.name)
+
+
+def _not_decodable(src: ByteSource, ext: str, detectors: list[ModuleType]) -> str:
+    """Why no detector took ``src``: another disk format (by magic), a datastore volume that
+    `ds` reads, or a ``.vmdk`` that is raw data; else the list of what was tried."""
+    from .datastore import vmfs
+    from .formats import foreign
+
+    if what := foreign.identify(src):
+        return f"not a file vmsift can decode: this is {what}"
+    if vmfs.probe(src):
+        what = "an LVM device of a VMFS datastore" if vmfs.L.probe(src) else \
+            "a VMFS datastore volume"
+        return f"{what}, read with `vmsift ds info {src.name}` (and ds ls, ds vms ...)"
+    if ext == ".vmdk" and (why := foreign.not_vmdk_message(src)):
+        return why
     tried = ", ".join(m.KIND for m in detectors)
-    raise UnsupportedError(f"not a file vmsift can decode (tried: {tried})", source=src.name)
+    return f"not a file vmsift can decode (tried: {tried})"
 
 
 def inspect_source(src: ByteSource) -> Report:

@@ -12,10 +12,11 @@ import bisect
 import enum
 import errno
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
-from .errors import LimitError, SourceError, TruncatedError, UnsupportedError
+from .errors import ErrorKind, LimitError, SourceError, TruncatedError, UnsupportedError
 
 
 class Alloc(enum.Enum):
@@ -120,6 +121,18 @@ class BytesSource(ByteSource):
         return self._data[start:end]
 
 
+_KIND_NAMES = {stat.S_IFIFO: "a named pipe", stat.S_IFCHR: "a character device",
+               stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder"}
+
+
+def special_file_error(mode: int, name: str) -> SourceError:
+    """The error for a file that is neither regular nor a block device (a read of a pipe or
+    a character device may never end)."""
+    kind = _KIND_NAMES.get(stat.S_IFMT(mode), "a special file")
+    return SourceError(f"not a regular file or block device ({kind}): refused, a read of it "
+                       "may never end", source=name, kind=ErrorKind.NOT_A_FILE)
+
+
 class FileSource(ByteSource):
     """A host file or block device, opened read-only.
 
@@ -127,17 +140,33 @@ class FileSource(ByteSource):
     HOLE runs. Where the file system cannot tell, the whole file is DATA.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, fd: int | None = None):
         self.name = os.fspath(path)
-        try:
-            self._fd = os.open(self.name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except OSError as e:
-            raise SourceError(f"cannot open: {e.strerror}", source=self.name) from None
+        if fd is not None:
+            self._fd = fd
+        else:
+            try:
+                # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below)
+                self._fd = os.open(self.name, os.O_RDONLY | os.O_NONBLOCK |
+                                   getattr(os, "O_CLOEXEC", 0))
+            except OSError as e:
+                raise SourceError(f"cannot open: {e.strerror}", source=self.name,
+                                  kind=ErrorKind.from_errno(e.errno)) from None
+        mode = os.fstat(self._fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            os.close(self._fd)
+            raise special_file_error(mode, self.name)
+        os.set_blocking(self._fd, True)
         try:
             self.size = os.lseek(self._fd, 0, os.SEEK_END)
         except OSError as e:
             os.close(self._fd)
             raise SourceError(f"cannot find size: {e.strerror}", source=self.name) from None
+
+    @classmethod
+    def from_fd(cls, fd: int, name: str) -> FileSource:
+        """A source over the open descriptor ``fd`` (read-only), which it now owns."""
+        return cls(name, fd=fd)
 
     def read(self, offset: int, length: int) -> bytes:
         start, end = clip(self.size, offset, length)

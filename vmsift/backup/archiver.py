@@ -33,6 +33,8 @@ from .manifest import LEAF_CELLS, LeafBuilder, leaf_cells
 from .pack import MAX_BLOBS, BlobType, PackEntry, PackWriter
 from .repository import INDEX_EVERY, Repository
 from .snapshot import DiskEntry, FileEntry, Snapshot, Stream
+from .diff import changed_ranges
+from .hints import Hint, choose
 from .sources import open_source
 
 BLOCK = 4 << 20          # bytes read from a source at a time (whole cells)
@@ -75,6 +77,7 @@ class BlobWriter:
         self.unindexed: dict[str, list[PackEntry]] = {}
         self.pending: set[bytes] = set()
         self._puts: collections.deque[concurrent.futures.Future] = collections.deque()
+        self.packs_written = 0
         self._uploader = concurrent.futures.ThreadPoolExecutor(1, "vmsift-put")
 
     def has(self, blob_id: bytes) -> bool:
@@ -107,6 +110,7 @@ class BlobWriter:
     def _take_put(self) -> None:
         name, entries = self._puts.popleft().result()
         self.unindexed[name] = entries
+        self.packs_written += 1
 
     def flush_index(self) -> None:
         while self._puts:  # the packs first: an index never names a pack not yet stored
@@ -206,9 +210,40 @@ class StreamWriter:
         return Stream(self.size, self.repo.cell_size, self.leaves)
 
 
+def cell_plan(changed: list[tuple[int, int]] | None, cell: int, cells: int
+              ) -> list[tuple[int, int, bool]]:
+    """(first cell, count, read?) covering every cell: the cells that ``changed`` byte
+    ranges touch are read, the others taken from the previous backup (``changed`` None:
+    read them all)."""
+    if changed is None:
+        return [(0, cells, True)] if cells else []
+    spans: list[list[int]] = []
+    for offset, length in sorted(changed):
+        if length <= 0:
+            continue
+        lo, hi = offset // cell, min(cells, -(-(offset + length) // cell))
+        if spans and lo <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], hi)
+        elif lo < hi:
+            spans.append([lo, hi])
+    plan, pos = [], 0
+    for lo, hi in spans:
+        if lo > pos:
+            plan.append((pos, lo - pos, False))
+        plan.append((lo, hi - lo, True))
+        pos = hi
+    if pos < cells:
+        plan.append((pos, cells - pos, False))
+    return plan
+
+
 def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
-                 progress: Progress | None = None) -> tuple[Stream, StreamStats]:
-    """Store ``src`` as a stream; return it and what it took."""
+                 progress: Progress | None = None, base=None,
+                 changed: list[tuple[int, int]] | None = None) -> tuple[Stream, StreamStats]:
+    """Store ``src`` as a stream; return it and what it took. With ``base`` (the previous
+    backup of the same disk, a `StreamSource`) and ``changed`` (byte ranges a change hint
+    says may differ from it), only the cells those ranges touch are read; the others are
+    the previous backup's."""
     started = time.monotonic()
     cell = repo.cell_size
     out = StreamWriter(repo, writer, src.size)
@@ -239,8 +274,8 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
         if progress:
             progress(len(data))
 
-    try:
-        for seg in segments(src, cell):
+    def read_cells(first: int, count: int) -> None:
+        for seg in segments(src, cell, first, count):
             if seg.kind is not Alloc.DATA:
                 while hashing:
                     take_hashed()
@@ -250,15 +285,36 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
                 if progress:
                     progress(n)
                 continue
-            for first in range(seg.first, seg.first + seg.count, per_block):
-                count = min(per_block, seg.first + seg.count - first)
-                pos = first * cell
-                n = min(count * cell, src.size - pos)
+            for block in range(seg.first, seg.first + seg.count, per_block):
+                n_cells = min(per_block, seg.first + seg.count - block)
+                pos = block * cell
+                n = min(n_cells * cell, src.size - pos)
                 data = src.read_exact(pos, n, "disk data")
                 stats.read += n
                 hashing.append((pos, data, repo.pool.submit(_hash_block, repo, data, cell)))
                 while len(hashing) > AHEAD:
                     take_hashed()
+
+    def copy_cells(first: int, count: int) -> None:
+        while hashing:
+            take_hashed()
+        end = first + count
+        for c0, n, kind, chunk_id in base.records(first * cell, min(src.size, end * cell)):
+            lo, hi = max(c0, first), min(c0 + n, end)
+            nbytes = min(hi * cell, src.size) - lo * cell
+            if kind is Alloc.DATA:
+                out.data(chunk_id)
+                stats.reused += nbytes
+            else:
+                out.empty(kind, hi - lo)
+                stats.skipped += nbytes
+            if progress:
+                progress(nbytes)
+
+    try:
+        for first, count, read in cell_plan(changed if base is not None else None, cell,
+                                            out.cells):
+            (read_cells if read else copy_cells)(first, count)
         while hashing:
             take_hashed()
         stream = out.finish()
@@ -289,18 +345,47 @@ def _changed(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[
             if any(b.get(k) != a.get(k) for k in keys)]
 
 
-def _store_disk(repo: Repository, writer: BlobWriter, plan, progress: Progress | None
-                ) -> tuple[DiskEntry, StreamStats]:
+def _missed(base, new, changed: list[tuple[int, int]], cell: int) -> list[tuple[int, int]]:
+    """Byte ranges outside ``changed`` whose content differs between ``base`` and ``new``:
+    the blocks a hint missed (from the manifests alone)."""
+    missed: list[tuple[int, int]] = []
+    for first, count, read in cell_plan(changed, cell, new.cells):
+        if not read:
+            missed += changed_ranges(base, new, first * cell,
+                                     min(new.size, (first + count) * cell))
+    return missed
+
+
+def _store_disk(repo: Repository, writer: BlobWriter, plan, volume, parent: DiskEntry | None,
+                hints: str, progress: Progress | None) -> tuple[DiskEntry, StreamStats]:
+    """Store one disk, reading what the best change hint says may have changed (``hints``:
+    ``auto``, ``off`` to read all, ``verify`` to read all and report what a hint missed)."""
+    notes: dict[str, Any] = {}
     with plan.open() as src:
-        stream, stats = store_stream(repo, writer, src, progress)
+        hint = choose(volume, plan.facts, plan.identity, src, parent, repo.cell_size)
+        base = repo.open_stream(parent.stream, parent.name) if parent and hint.changed is not None \
+            else None
+        if hints == "off":
+            hint = Hint("none", None, ["--no-hints: read in full"])
+        if hints == "verify" or hint.changed is None:
+            stream, stats = store_stream(repo, writer, src, progress)
+        else:
+            stream, stats = store_stream(repo, writer, src, progress, base, hint.changed)
+        if hints == "verify" and base is not None and hint.changed is not None:
+            writer.flush_pack()
+            writer.flush_index()  # the new chunks must be indexed to read the new stream
+            missed = _missed(base, repo.open_stream(stream, plan.name), hint.changed,
+                             repo.cell_size)
+            notes["hint_missed"] = [{"offset": o, "length": n} for o, n in missed]
     if plan.recheck:
         changed = _changed(plan.identity, plan.recheck())
         if changed:
             raise VmsiftError("changed while it was read (" + ", ".join(changed) + "); not "
                               "recorded: back up a stable copy or a snapshot",
                               source=plan.path)
+    record = {**stats.to_dict(), "hint": hint.kind, "hint_notes": hint.notes, **notes}
     return DiskEntry(plan.name, plan.device, plan.path, stream, plan.facts, plan.identity,
-                     stats.to_dict()), stats
+                     record), stats
 
 
 def _store_file(repo: Repository, writer: BlobWriter, volume: Volume, name: str, path: str
@@ -313,12 +398,14 @@ def _store_file(repo: Repository, writer: BlobWriter, volume: Volume, name: str,
 
 def backup(repo: Repository, paths: list[str], *, vms: tuple[str, ...] = (),
            disks: tuple[str, ...] = (), tags: tuple[str, ...] = (), host: str | None = None,
-           events: Events | None = None,
+           hints: str = "auto", events: Events | None = None,
            progress: Callable[[str, int], Progress | None] | None = None) -> BackupResult:
     """Back up the VMs of the source ``paths`` (one source: a path, or several devices of a
     spanned volume). ``vms`` and ``disks`` (shell patterns) narrow what is taken. ``events``
     receives one dict per VM and disk done; ``progress(label, total)`` may give a callback
-    for the bytes of each disk. The caller holds a lock."""
+    for the bytes of each disk. ``hints``: ``auto`` (use change hints), ``off`` (read every
+    disk in full), ``verify`` (read in full and report what a hint missed). The caller
+    holds a lock."""
     import fnmatch
 
     emit = events or (lambda e: None)
@@ -338,9 +425,11 @@ def backup(repo: Repository, paths: list[str], *, vms: tuple[str, ...] = (),
             if not chosen:
                 found = ", ".join(t.vm["name"] or "?" for t in targets) or "none"
                 raise VmsiftError(f"no VM to back up (found: {found})", source=source)
+            earlier = repo.snapshots([])  # a damaged old snapshot is for check to report
             for target in chosen:
+                parent = _previous(earlier, target)
                 snap = _backup_target(repo, writer, target, kind, source, disks, tags, host,
-                                      run_id, emit, progress, result)
+                                      run_id, emit, progress, result, parent, hints)
                 result.snapshots.append(snap)
         writer.finish()
     except BaseException:
@@ -349,8 +438,17 @@ def backup(repo: Repository, paths: list[str], *, vms: tuple[str, ...] = (),
     return result
 
 
+def _previous(snapshots: list[Snapshot], target) -> Snapshot | None:
+    """The newest earlier snapshot of the same VM (kind, name, uuid and configuration
+    path), the base of change hints."""
+    key = tuple(target.vm.get(k) for k in ("kind", "name", "uuid", "config"))
+    same = [s for s in snapshots if tuple(s.vm.get(k) for k in ("kind", "name", "uuid",
+                                                                 "config")) == key]
+    return same[-1] if same else None
+
+
 def _backup_target(repo, writer, target, kind, source, disk_globs, tags, host, run_id, emit,
-                   progress, result) -> Snapshot:
+                   progress, result, parent: Snapshot | None, hints: str) -> Snapshot:
     import fnmatch
 
     started = time.monotonic()
@@ -370,7 +468,9 @@ def _backup_target(repo, writer, target, kind, source, disk_globs, tags, host, r
             continue
         try:
             bar = progress(what, plan.facts.get("capacity") or 0) if progress else None
-            entry, stats = _store_disk(repo, writer, plan, bar)
+            before = next((d for d in parent.disks if d.name == plan.name and
+                           d.device == plan.device), None) if parent else None
+            entry, stats = _store_disk(repo, writer, plan, target.volume, before, hints, bar)
         except VmsiftError as e:
             problems.append(f"disk {plan.name} ({plan.device}) not backed up: {e}")
             emit({"event": "disk", "vm": target.vm["name"], "disk": plan.name,
@@ -379,7 +479,10 @@ def _backup_target(repo, writer, target, kind, source, disk_globs, tags, host, r
         entries.append(entry)
         total.add(stats)
         emit({"event": "disk", "vm": target.vm["name"], "disk": plan.name,
-              "stats": stats.to_dict()})
+              "stats": stats.to_dict(), "hint": entry.stats["hint"],
+              "hint_notes": entry.stats["hint_notes"],
+              **({"hint_missed": entry.stats["hint_missed"]}
+                 if "hint_missed" in entry.stats else {})})
     files: list[FileEntry] = []
     for name, path in target.files:
         try:

@@ -93,7 +93,7 @@ def check(repo: Repository, read_data: bool = False,
     damaged = {f"pack {p[:16]}": why for p, why in bad_packs.items()}
     affects: dict[str, set[str]] = {}
     snap_problems: list[str] = []
-    snapshots = repo.snapshots(snap_problems)
+    snapshots = repo.snapshots(snap_problems, from_store=True)
     for text in snap_problems:
         result.problems.append(Problem("snapshot", text))
     blame = _Blame(repo, bad_packs, bad_blobs, damaged)

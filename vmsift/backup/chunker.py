@@ -28,13 +28,14 @@ def cell_count(size: int, cell_size: int) -> int:
     return -(-size // cell_size)
 
 
-def _cells_of(src: ByteSource, cell_size: int) -> Iterator[tuple[int, int, Alloc]]:
+def _cells_of(src: ByteSource, cell_size: int, start: int, end: int
+              ) -> Iterator[tuple[int, int, Alloc]]:
     """(first cell, count, kind) from each run; a cell shared by two runs is reported once,
     with the stronger kind (DATA over ZERO over HOLE)."""
     pending: tuple[int, Alloc] | None = None  # the cell the previous run ended inside of
-    for run in src.extents():
+    for run in src.extents(start, end - start):
         first, last = run.offset // cell_size, (run.end - 1) // cell_size
-        ends_inside = run.end % cell_size != 0 and run.end != src.size
+        ends_inside = run.end % cell_size != 0 and run.end != end
         if pending is not None:
             cell, kind = pending
             pending = None
@@ -57,10 +58,17 @@ def _cells_of(src: ByteSource, cell_size: int) -> Iterator[tuple[int, int, Alloc
         yield pending[0], 1, pending[1]
 
 
-def segments(src: ByteSource, cell_size: int) -> Iterator[Segment]:
-    """Runs of cells of one kind covering ``src`` exactly, in order."""
+def segments(src: ByteSource, cell_size: int, first: int = 0, count: int | None = None
+             ) -> Iterator[Segment]:
+    """Runs of cells of one kind covering cells ``[first, first + count)`` of ``src`` (all
+    of it by default) exactly, in order."""
+    total = cell_count(src.size, cell_size)
+    last = total if count is None else min(total, first + count)
+    start, end = first * cell_size, min(src.size, last * cell_size)
+    if end <= start:
+        return
     current: Segment | None = None
-    for first, count, kind in _cells_of(src, cell_size):
+    for first, count, kind in _cells_of(src, cell_size, start, end):
         if current and current.kind is kind and current.first + current.count == first:
             current = Segment(current.first, current.count + count, kind)
             continue

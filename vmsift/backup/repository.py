@@ -21,12 +21,12 @@ import secrets
 import threading
 from collections.abc import Callable, Iterator
 
-from ..errors import IntegrityError, MissingObjectError, RepositoryError
+from ..errors import IntegrityError, MissingObjectError, RepositoryError, SourceError
+from ..publish import atomic_output
 from ..source import Alloc, ByteSource, Run, clip, merge_runs
 from . import index as index_mod
 from . import snapshot as snapshot_mod
 from .backends import Backend, open_backend
-from .backends.local import LocalBackend
 from .chunker import cell_count
 from .crypto import Keys, object_name, open_keys, seal_keys
 from .lock import Lock
@@ -69,8 +69,8 @@ class Repository:
         self.id: str = config["id"]
         self.cell_size: int = config["cell_size"]
         self.location = backend.location
-        self.index = index_mod.IndexCache(os.path.join(index_mod.cache_root(), self.id,
-                                                       "index.sqlite"))
+        self.cache_dir = os.path.join(index_mod.cache_root(), self.id)
+        self.index = index_mod.IndexCache(os.path.join(self.cache_dir, "index.sqlite"))
         self._blob_cache: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
         self._blob_lock = threading.Lock()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -87,9 +87,8 @@ class Repository:
                                   "to 16 MiB")
         if encryption == "repokey" and not password:
             raise RepositoryError("an encrypted repository needs a password")
-        local = LocalBackend(location)
-        local.create()
         backend = open_backend(location)
+        backend.create()
         keys = Keys.generate(encryption == "repokey")
         config = {"repository": FORMAT, "version": VERSION, "id": secrets.token_hex(8),
                   "encryption": encryption, "cell_size": cell_size,
@@ -106,7 +105,7 @@ class Repository:
     def open(cls, location: str, password: bytes | Callable[[], bytes] | None = None
              ) -> Repository:
         """Open ``location``; ``password`` (or a function asking for it) for encrypted ones."""
-        if not os.path.isdir(location):
+        if not location.startswith("s3:") and not os.path.isdir(location):
             raise RepositoryError("no repository here (vmsift init makes one)", source=location)
         backend = open_backend(location)
         try:
@@ -235,20 +234,37 @@ class Repository:
         self.backend.put("snapshots", snap.id, stored)
         return snap.id
 
-    def load_snapshot(self, name: str) -> Snapshot:
-        stored = self.backend.get("snapshots", name)
-        if object_name(stored) != name:
-            raise IntegrityError(f"snapshot {name[:8]} does not match its name (damaged)",
-                                 source=self.location)
+    def load_snapshot(self, name: str, from_store: bool = False) -> Snapshot:
+        """A snapshot, from the local cache of snapshot objects when it holds a copy whose
+        bytes match the name (objects are immutable), else (or with ``from_store``) from
+        the store."""
+        cached = os.path.join(self.cache_dir, "snapshots", name)
+        try:
+            if from_store:
+                raise OSError
+            with open(cached, "rb") as f:
+                stored = f.read(MAX_SNAPSHOT + 1)
+            if object_name(stored) != name:
+                raise OSError
+        except OSError:
+            stored = self.backend.get("snapshots", name)
+            if object_name(stored) != name:
+                raise IntegrityError(f"snapshot {name[:8]} does not match its name (damaged)",
+                                     source=self.location)
+            with contextlib.suppress(OSError, SourceError):
+                os.makedirs(os.path.dirname(cached), exist_ok=True)
+                with atomic_output(cached, overwrite=True, sync=False) as fd:
+                    os.write(fd, stored)
         return snapshot_mod.decode(self.keys, stored, name)
 
-    def snapshots(self, problems: list[str] | None = None) -> list[Snapshot]:
+    def snapshots(self, problems: list[str] | None = None, from_store: bool = False
+                  ) -> list[Snapshot]:
         """Every readable snapshot, oldest first; damaged ones go to ``problems`` (or
         raise when no list is given)."""
         out = []
         for name, _ in self.backend.list("snapshots"):
             try:
-                out.append(self.load_snapshot(name))
+                out.append(self.load_snapshot(name, from_store))
             except (IntegrityError, MissingObjectError) as e:
                 if problems is None:
                     raise

@@ -58,7 +58,7 @@ def _identity_now(volume: Volume, before: list[dict[str, Any]]) -> list[dict[str
     out = []
     for item in before:
         try:
-            st = volume.stat(item["path"])
+            st = volume.lookup(item["path"])
             out.append({**item, "size": st.size, "mtime": st.mtime, "file_id": st.inode})
         except VmsiftError as e:
             out.append({**item, "error": str(e)})
@@ -84,7 +84,8 @@ def _vm_targets(volume: Volume, problems: list[str]) -> list[Target]:
         disks = []
         for d in vm.disks:
             plan = DiskPlan(_disk_name(d, taken), d.device, d.path, None,
-                            {**d.facts, "mode": d.mode, "chain": d.chain}, d.identity)
+                            {**d.facts, "mode": d.mode, "chain": d.chain,
+                             "change_tracking": d.change_tracking}, d.identity)
             if d.problem and (d.path is None or "raw device mapping" in d.problem
                               or not d.chain):
                 plan.problem = d.problem

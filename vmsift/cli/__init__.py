@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 
 import click
 
 from ..errors import VmsiftError
-from . import (backup_cmd, disk_cmd, ds_cmd, inspect_cmd, mount_cmd,  # noqa: F401
-               repo_cmd, restore_cmd)  # (they register their commands)
 from .app import cli
 
 INTERNAL_ERROR = 70
@@ -37,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Exception as e:  # a bug: say so in one line unless debugging
         if os.environ.get("VMSIFT_DEBUG"):
+            import traceback
+
             traceback.print_exc()
         click.echo(f"vmsift: internal error: {type(e).__name__}: {e} "
                    "(a bug; set VMSIFT_DEBUG=1 for details)", err=True)

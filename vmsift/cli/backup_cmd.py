@@ -11,7 +11,6 @@ import click
 
 from ..errors import PartialError
 from ..report import human_size
-from .app import cli
 from .repo_cmd import open_repo, parse_duration, repo_options, retry_lock_option
 
 
@@ -20,7 +19,11 @@ def _line(e: dict) -> str:
         if "skipped" in e:
             return f"{e['vm']}: disk {e['disk']} not backed up: {e['skipped']}"
         s = e["stats"]
-        return (f"{e['vm']}: disk {e['disk']}: {human_size(s['size'])}, read "
+        missed = e.get("hint_missed")
+        check = f"; the hint MISSED {len(missed)} range(s)" if missed else \
+            ("; the hint missed nothing" if missed is not None else "")
+        return (f"{e['vm']}: disk {e['disk']} ({e['hint']} hint{check}): "
+                f"{human_size(s['size'])}, read "
                 f"{human_size(s['read'])}, skipped {human_size(s['skipped'] + s['zero'])} "
                 f"zero/hole, reused {human_size(s['reused'])}, new {human_size(s['new'])} "
                 f"stored as {human_size(s['stored'])}, {s['seconds']:.1f} s")
@@ -30,7 +33,7 @@ def _line(e: dict) -> str:
             f"stored, {s['seconds']:.1f} s")
 
 
-@cli.command("backup")
+@click.command("backup")
 @repo_options
 @click.argument("source", type=click.Path(exists=True))
 @click.option("--span", "spans", multiple=True, type=click.Path(exists=True),
@@ -41,14 +44,20 @@ def _line(e: dict) -> str:
               help="Only disks whose name or device matches (repeatable).")
 @click.option("--tag", "tags", multiple=True, help="Tag the snapshots (repeatable).")
 @click.option("--host", help="Host name recorded in the snapshots (default: this host).")
+@click.option("--no-hints", is_flag=True, help="Read every disk in full (no change hints).")
+@click.option("--verify-hints", is_flag=True,
+              help="Read every disk in full anyway and report any block a hint missed.")
 @retry_lock_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line per event.")
 def backup_cmd(repo_path: str, password_file: str | None, source: str, spans: tuple[str, ...],
                vms: tuple[str, ...], disks: tuple[str, ...], tags: tuple[str, ...],
-               host: str | None, retry_lock: str | None, as_json: bool) -> None:
+               host: str | None, no_hints: bool, verify_hints: bool, retry_lock: str | None,
+               as_json: bool) -> None:
     """Back up SOURCE: a VMFS/OCFS2 image (bare, partitioned, spanned with --span), a
     datastore or VM folder, or one VMDK or raw disk image. Each disk is stored flattened at
-    its current state; a disk that cannot be read is reported and skipped (exit 10)."""
+    its current state; a disk that cannot be read is reported and skipped (exit 10). A disk
+    backed up before is read only where a change hint (change tracking, new snapshot deltas,
+    unchanged files) says it may have changed."""
     from ..backup.archiver import backup
 
     def events(e: dict) -> None:
@@ -68,8 +77,9 @@ def backup_cmd(repo_path: str, password_file: str | None, source: str, spans: tu
 
     with open_repo(repo_path, password_file) as repo, \
             repo.lock(exclusive=False, wait=parse_duration(retry_lock)), bars:
+        hints = "verify" if verify_hints else "off" if no_hints else "auto"
         result = backup(repo, [source, *spans], vms=vms, disks=disks, tags=tags, host=host,
-                        events=events, progress=progress)
+                        hints=hints, events=events, progress=progress)
     for p in result.problems:
         click.echo(f"warning: {p}", err=True)
     if result.partial:

@@ -8,11 +8,10 @@ import sys
 
 import click
 
-from .app import cli
 from .render import document, echo_json, print_report
 
 
-@cli.group()
+@click.group()
 def disk() -> None:
     """Open a VMware virtual disk with its snapshot chain: info, map, export."""
 
@@ -61,9 +60,8 @@ def _open_disk(vmdk: str, datastore: str | None, no_verify: bool, snapshot: str 
         disk = stack.enter_context(open_disk(volume, rel, strict=not no_verify,
                                              options=OpenOptions(dev, salvage)))
         yield disk
-        for link in disk.chain:
-            for note in getattr(link.source, "damaged", []):
-                click.echo(f"warning: salvaged: {note}", err=True)
+        for note in disk.damaged():
+            click.echo(f"warning: salvaged: {note}", err=True)
 
 
 @disk.command("info")

@@ -12,14 +12,13 @@ import click
 
 from ..errors import SourceError, VmsiftError
 from ..report import Table, human_size, size_field
-from .app import cli
 from .render import document, echo_json, print_report, render_table
 
 if TYPE_CHECKING:
     from ..datastore.volume import DirEntry, Volume
 
 
-@cli.group()
+@click.group()
 def ds() -> None:
     """Open a datastore (folder, VMFS or OCFS2 image, partitioned disk) read-only."""
 
@@ -108,9 +107,7 @@ def ds_ls(image: str, spans: tuple[str, ...], path: str, long: bool, recursive: 
         if st and st.mtime is not None:
             when = dt.datetime.fromtimestamp(st.mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
         link = f" -> {st.symlink_target}" if st and st.symlink_target else ""
-        kind = e.type.value
-        if st and st.extra.get("descriptor_type") == "rdm":  # a VMFS raw device mapping
-            kind = "rdm"
+        kind = e.type.value  # "rdm" for a VMFS raw device mapping
         lines.append(f"{kind:7} {st.size if st else '-':>15} "
                      f"{human_size(st.allocated) if st else '-':>10}  {when}  {name}{link}{mark}")
     if lines:
@@ -121,7 +118,7 @@ def _listing(volume: Volume, path: str, recursive: bool, deleted: bool,
              problems: list[str]) -> list[tuple[str, DirEntry]]:
     """(volume path, entry) of what `ds ls` shows: the folder's entries, every folder's below
     it with ``recursive`` (unreadable ones go to ``problems``), or a file alone."""
-    from ..datastore.volume import DirEntry, FileType, normalize
+    from ..datastore.volume import DirEntry, FileType
 
     try:
         entries = volume.listdir(path, deleted=deleted)
@@ -129,10 +126,11 @@ def _listing(volume: Volume, path: str, recursive: bool, deleted: bool,
         top = volume.stat(path)  # not there at all: its own error
         if top.type is FileType.DIR:
             raise
-        full = normalize(path)
-        return [(full, DirEntry(posixpath.basename(full), top.type, top.inode))]
+        return [(top.path, DirEntry(posixpath.basename(top.path), top.type, top.inode))]
     if not recursive:
-        return [(posixpath.join(normalize(path), e.name), e) for e in entries]
+        # the volume's own form of the path: OCFS2 keeps the "//" of its system directory
+        folder = volume.stat(path).path
+        return [(posixpath.join(folder, e.name), e) for e in entries]
     return [(posixpath.join(folder, e.name), e)
             for folder, entries in volume.walk(path, deleted=deleted, problems=problems)
             for e in entries]

@@ -7,12 +7,11 @@ import os
 import click
 
 from ..report import Table
-from .app import cli
 from .render import (document, echo_json, error_document, print_report, render_table,
                      render_text, report_document)
 
 
-@cli.command()
+@click.command()
 @click.argument("path", type=click.Path(dir_okay=True, allow_dash=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the stable JSON document.")
 def inspect(path: str, as_json: bool) -> None:

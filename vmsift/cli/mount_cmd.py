@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from ..errors import UnsupportedError
-from .app import cli
 
 
 def _fuse():
@@ -18,7 +17,7 @@ def _fuse():
     return ops, views
 
 
-@cli.command("mount")
+@click.command("mount")
 @click.argument("args", nargs=-1, required=True, metavar="SOURCE... MOUNTPOINT")
 @click.option("--span", "spans", multiple=True, type=click.Path(exists=True),
               help="Another device of a spanned VMFS volume (repeatable).")
@@ -56,7 +55,7 @@ def mount(args: tuple[str, ...], spans: tuple[str, ...], repo: str | None,
               direct_io=direct_io)
 
 
-@cli.command("umount")
+@click.command("umount")
 @click.argument("mountpoint", type=click.Path())
 def umount(mountpoint: str) -> None:
     """Unmount a vmsift mount (a dead one, whose process ended, is cleaned up)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import json
 from typing import Any
 
 import click
@@ -62,6 +61,8 @@ def render_text(path: str, report: Report) -> str:
 
 
 def echo_json(doc: dict[str, Any]) -> None:
+    import json  # only --json needs it: start-up time
+
     click.echo(json.dumps(doc, indent=2, ensure_ascii=False, default=json_default))
 
 

@@ -17,8 +17,7 @@ import click
 
 from ..errors import IntegrityError, RepositoryError
 from ..report import human_size
-from .app import cli
-from .render import document, echo_json, json_default
+from .render import document, echo_json
 
 repo_option = click.option("-r", "--repo", "repo_path", envvar="VMSIFT_REPOSITORY",
                            required=True, metavar="REPO",
@@ -78,7 +77,7 @@ def _time(t: dt.datetime) -> str:
     return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
-@cli.command("init")
+@click.command("init")
 @repo_options
 @click.option("--encryption", type=click.Choice(["repokey", "none"]), default="repokey",
               show_default=True, help="repokey: AES-256-GCM, keys sealed by the password.")
@@ -110,7 +109,7 @@ def _snapshot_row(s) -> dict:
                 f.size for f in s.files), "problems": s.problems}
 
 
-@cli.command("snapshots")
+@click.command("snapshots")
 @repo_options
 @click.option("--vm", "vm_name", help="Only the snapshots of this VM.")
 @json_option
@@ -134,7 +133,7 @@ def snapshots_cmd(repo_path: str, password_file: str | None, vm_name: str | None
                                             rows))))
 
 
-@cli.command("ls")
+@click.command("ls")
 @repo_options
 @click.argument("snapshot")
 @click.option("--vm", "vm_name", help="With `latest`: the latest snapshot of this VM.")
@@ -162,7 +161,7 @@ def ls_cmd(repo_path: str, password_file: str | None, snapshot: str, vm_name: st
         click.echo(f"warning: at backup: {p}", err=True)
 
 
-@cli.command("cat")
+@click.command("cat")
 @repo_options
 @click.argument("kind", type=click.Choice(["config", "keys", "snapshot", "index", "pack",
                                            "blob", "file", "disk"]))
@@ -216,7 +215,7 @@ def cat_cmd(repo_path: str, password_file: str | None, kind: str, names: tuple[s
         out.flush()
 
 
-@cli.command("check")
+@click.command("check")
 @repo_options
 @click.option("--read-data", is_flag=True, help="Read and authenticate every stored byte.")
 @retry_lock_option
@@ -249,7 +248,7 @@ def check_cmd(repo_path: str, password_file: str | None, read_data: bool,
         raise IntegrityError(f"{len(result.problems)} problem(s) found", source=repo.location)
 
 
-@cli.command("unlock")
+@click.command("unlock")
 @repo_options
 @click.option("--remove-all", is_flag=True, help="Remove live locks too (only when sure "
                                                  "no other vmsift works on the repository).")
@@ -270,7 +269,7 @@ def unlock_cmd(repo_path: str, password_file: str | None, remove_all: bool,
     click.echo(f"{len(removed)} lock(s) removed")
 
 
-@cli.command("stats")
+@click.command("stats")
 @repo_options
 @json_option
 def stats_cmd(repo_path: str, password_file: str | None, as_json: bool) -> None:
@@ -297,4 +296,35 @@ def stats_cmd(repo_path: str, password_file: str | None, as_json: bool) -> None:
                f"pack(s)\n  logical / stored  {ratio}")
 
 
-__all__ = ["json_default", "open_repo", "parse_duration", "repo_options", "retry_lock_option"]
+
+@click.command("diff")
+@repo_options
+@click.argument("old")
+@click.argument("new")
+@json_option
+def diff_cmd(repo_path: str, password_file: str | None, old: str, new: str,
+             as_json: bool) -> None:
+    """What changed from snapshot OLD to NEW: per disk the byte ranges (from the chunk
+    lists, no data read), per small file whether it changed."""
+    from ..backup.diff import diff
+
+    with open_repo(repo_path, password_file) as repo:
+        repo.sync_index()
+        doc = diff(repo, repo.find_snapshot(old), repo.find_snapshot(new))
+    if as_json:
+        echo_json(document(**doc))
+        return
+    click.echo(f"{doc['old'][:8]} ({doc['old_vm']}) -> {doc['new'][:8]} ({doc['new_vm']})")
+    for d in doc["disks"]:
+        if d["status"] != "changed":
+            click.echo(f"  disk {d['name']}: {d['status']}")
+            continue
+        click.echo(f"  disk {d['name']}: {human_size(d['changed_bytes'])} changed in "
+                   f"{len(d['ranges'])} range(s)")
+        for r in d["ranges"][:20]:
+            click.echo(f"    {r['offset']:>16}  {r['length']:>12}")
+        if len(d["ranges"]) > 20:
+            click.echo(f"    ... and {len(d['ranges']) - 20} more (--json lists all)")
+    for f in doc["files"]:
+        if f["status"] != "same":
+            click.echo(f"  file {f['name']}: {f['status']}")

@@ -8,12 +8,11 @@ import sys
 import click
 
 from ..report import human_size
-from .app import cli
 from .render import document, echo_json
 from .repo_cmd import open_repo, repo_options
 
 
-@cli.command("restore")
+@click.command("restore")
 @repo_options
 @click.argument("snapshot")
 @click.option("--vm", "vm_name", help="With `latest`: the latest snapshot of this VM.")

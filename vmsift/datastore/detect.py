@@ -12,9 +12,7 @@ import importlib
 import os
 
 from ..errors import UnsupportedError, VmsiftError
-from ..formats import partition
 from ..source import ByteSource, FileSource
-from .folder import FolderVolume
 from .volume import Volume
 
 #: Volume modules, tried in this order.
@@ -23,6 +21,8 @@ VOLUME_MODULES: tuple[str, ...] = ("vmsift.datastore.vmfs", "vmsift.datastore.oc
 
 def candidates(src: ByteSource) -> list[ByteSource]:
     """The places a volume may start on ``src``: its partitions, then the whole image."""
+    from ..formats import partition  # construct layouts: loaded for images only
+
     out: list[ByteSource] = []
     with contextlib.suppress(VmsiftError):
         table = partition.read_table(src)
@@ -33,6 +33,8 @@ def candidates(src: ByteSource) -> list[ByteSource]:
 def open_datastore(paths: list[str]) -> Volume:
     """Open a folder, or one or several images, read-only, as a datastore volume."""
     if len(paths) == 1 and os.path.isdir(paths[0]):
+        from .folder import FolderVolume  # imported only for folders: start-up time
+
         return FolderVolume(paths[0])
     sources = [FileSource(p) for p in paths]
     try:

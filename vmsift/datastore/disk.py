@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ChainError, FormatError, UnsupportedError
-from ..formats import partition
+from ..errors import ChainError, ErrorKind, FormatError, Problem, UnsupportedError
+from ..formats import foreign, partition
 from ..formats.vmdk import cowd, sesparse, sparse
 from ..formats.vmdk import descriptor as desc_mod
 from ..report import Report, Table, size_field
@@ -48,6 +48,11 @@ class Link:
     def capacity(self) -> int:
         return self.source.size
 
+    @property
+    def parts(self) -> list[ByteSource]:
+        """The link's extents in order (one source, or the parts of a split disk)."""
+        return list(self.source.parts) if isinstance(self.source, ConcatSource) else [self.source]
+
     def allocated(self) -> int:
         """Bytes this link itself stores on the datastore (DATA runs), from the map only;
         0 for a raw device mapping, whose data is on its LUN."""
@@ -79,7 +84,7 @@ class Link:
 class VirtualDisk(ByteSource):
     """The flattened disk: reads and maps go through the chain, newest link first."""
 
-    def __init__(self, volume: Volume, chain: list[Link], warnings: list[str]):
+    def __init__(self, volume: Volume, chain: list[Link], warnings: list[Problem]):
         self.volume = volume
         self.chain = chain
         self.warnings = warnings
@@ -101,6 +106,11 @@ class VirtualDisk(ByteSource):
     def descriptor(self) -> desc_mod.Descriptor:
         return self.chain[0].descriptor
 
+    def damaged(self) -> list[Problem]:
+        """With salvage: what read as zeros so far, from every extent of every link."""
+        return [note for link in self.chain for part in link.parts
+                for note in getattr(part, "damaged", ())]
+
     def close(self) -> None:
         for link in self.chain:
             link.source.close()
@@ -117,6 +127,8 @@ def _load_descriptor(volume: Volume, path: str) -> tuple[desc_mod.Descriptor, By
                 raise FormatError("sparse extent without a descriptor: open its descriptor "
                                   "file instead", source=src.name, offset=28)
             return desc, src
+        if why := foreign.not_vmdk_message(src):
+            raise UnsupportedError(why, source=src.name)
         desc = desc_mod.read(src)
     except BaseException:
         src.close()
@@ -211,7 +223,7 @@ def open_disk(volume: Volume, path: str, *, strict: bool = True,
     and escapes stay errors. ``options``: the device behind a raw device mapping, salvage.
     """
     chain: list[Link] = []
-    warnings: list[str] = []
+    warnings: list[Problem] = []
     seen: set[str] = set()
     current = posixpath.normpath(path)
     try:
@@ -242,7 +254,7 @@ def open_disk(volume: Volume, path: str, *, strict: bool = True,
     return VirtualDisk(volume, chain, warnings)
 
 
-def _check_link(child: Link, parent: Link, strict: bool, warnings: list[str]) -> None:
+def _check_link(child: Link, parent: Link, strict: bool, warnings: list[Problem]) -> None:
     problems = []
     if child.parent_cid != parent.cid:
         problems.append(
@@ -254,7 +266,7 @@ def _check_link(child: Link, parent: Link, strict: bool, warnings: list[str]) ->
     for problem in problems:
         if strict:
             raise ChainError(problem, source=child.path)
-        warnings.append(f"{child.path}: {problem}")
+        warnings.append(Problem.at(child.path, None, problem, ErrorKind.DAMAGED))
 
 
 def describe(disk: VirtualDisk) -> Report:
@@ -280,20 +292,30 @@ def describe(disk: VirtualDisk) -> Report:
     extents = Table("extents of " + top.path, ["access", "sectors", "type", "file", "offset"],
                     [[e.access, e.sectors, e.type, e.filename, e.offset]
                      for e in top.descriptor.extents])
+    for link in disk.chain:
+        if rdm := link.raw_device_map():
+            key = "raw device mapping" + (f" of {link.path}" if len(disk.chain) > 1 else "")
+            fields[key] = (
+                f"{rdm['mapping_file']}, {rdm['mode']} mode"
+                + ("" if rdm["data_present"] else ", LUN not given (--device)"))
+    tables = [chain, extents]
     try:
         table = partition.read_table(disk)
     except UnsupportedError as e:  # the data is elsewhere (a raw device mapping)
-        table = partition.PartitionTable(None, disk.size, warnings=[f"not read: {e}"])
+        table = partition.PartitionTable(None, disk.size)
+        fields["partitions"] = f"not read: {e.message}"
+    else:
+        fields["partition table"] = table.kind
+        tables.append(Table("partitions", ["#", "start", "size", "type", "name"],
+                            [[p.index, p.start, p.size, p.type_name, p.name]
+                             for p in table.partitions]))
     data["partition_table"] = table.kind
     data["partitions"] = [p.to_dict() for p in table.partitions]
-    fields["partition table"] = table.kind
-    parts = Table("partitions", ["#", "start", "size", "type", "name"],
-                  [[p.index, p.start, p.size, p.type_name, p.name] for p in table.partitions])
     warnings = list(disk.warnings)
     if table.kind is not None:  # a blank disk without a table is not worth a warning
         warnings += [f"partition table: {w}" for w in table.warnings]
     for link in disk.chain:
-        for part in getattr(link.source, "parts", [link.source]):
+        for part in link.parts:
             if isinstance(part, sparse.SparseExtent):
-                warnings += [f"{part.name}: {p}" for p in part.check()]
-    return Report("disk", "VMware virtual disk", data, fields, [chain, extents, parts], warnings)
+                warnings += [Problem.at(part.name, None, p) for p in part.check()]
+    return Report("disk", "VMware virtual disk", data, fields, tables, warnings)

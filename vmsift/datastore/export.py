@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,11 +56,22 @@ def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing ``[offset, offset + length)`` out now (it does not
+    wait), so that the final fsync finds little left: writeback then overlaps reading and
+    inflating instead of following them (measured: docs/benchmarks.md)."""
+    with contextlib.suppress(OSError, AttributeError):
+        # DONTNEED starts asynchronous writeback of the dirty pages of the range on Linux
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
 def export_raw(src: ByteSource, out_path: str | os.PathLike, *, overwrite: bool = False,
                progress: Callable[[int], None] | None = None, sync: bool = True,
-               block: int = BLOCK) -> ExportStats:
+               block: int = BLOCK, finish: Callable[[int], None] | None = None) -> ExportStats:
     """Write ``src`` to ``out_path`` as a sparse raw image, reading ``block`` bytes at a time
-    (fsynced unless ``sync`` is off, as when many files are extracted)."""
+    (fsynced unless ``sync`` is off, as when many files are extracted). ``finish`` is called
+    with the output's descriptor once its data is written, before it is published (extract
+    sets the source's mode and times there)."""
     written = 0
     pending: collections.deque[concurrent.futures.Future] = collections.deque()
     with atomic_output(out_path, overwrite=overwrite, sync=sync) as fd:
@@ -78,6 +90,8 @@ def export_raw(src: ByteSource, out_path: str | os.PathLike, *, overwrite: bool 
                             piece = memoryview(data)[start:end]
                             pending.append(writer.submit(_write_all, fd, piece, pos + start))
                             written += end - start
+                        if sync:
+                            pending.append(writer.submit(_start_writeback, fd, pos, n))
                         while len(pending) > IN_FLIGHT:  # bounds memory to a few blocks
                             pending.popleft().result()
                         if progress:
@@ -85,6 +99,8 @@ def export_raw(src: ByteSource, out_path: str | os.PathLike, *, overwrite: bool 
                 while pending:
                     pending.popleft().result()
             os.ftruncate(fd, src.size)
+            if finish:
+                finish(fd)
         except OSError as e:  # the OSError stays as the cause: callers read its errno
             for future in pending:
                 future.cancel()

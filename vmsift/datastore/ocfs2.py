@@ -21,8 +21,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import (FormatError, LimitError, SourceError, TruncatedError, UnsupportedError,
-                      VmsiftError)
+from ..cache import LruCache
+from ..errors import (ErrorKind, FormatError, LimitError, Problem, SourceError, TruncatedError,
+                      UnsupportedError, VmsiftError)
 from ..formats.ocfs2 import structs as S
 from ..formats.ocfs2.checksum import metaecc_crc, stored_crc
 from ..formats.ocfs2.cluster import parse_heartbeat, parse_slot_map
@@ -33,7 +34,7 @@ from ..formats.ocfs2.records import (BLOCK_SIZES, SUPERBLOCK_BLKNO, Inode, RawDi
                                      parse_inode, parse_superblock)
 from ..report import Report, Table, size_field
 from ..source import Alloc, ByteSource, Run, clip, merge_runs
-from .volume import DirEntry, FileStat, FileType, LruCache, Volume, normalize
+from .volume import DirEntry, FileStat, FileType, Volume, normalize, not_a_file
 
 KIND = "ocfs2"
 MAX_TREE_DEPTH = 8               # real trees stay below 6
@@ -180,7 +181,7 @@ class Ocfs2Volume(Volume):
             self.__dict__.update({k: v for k, v in _shared.__dict__.items()})
             self.root_blkno = _root
             return
-        self.warnings: list[str] = []
+        self.warnings: list[Problem] = []
         found = _probe_superblock(src)
         if found is None:
             found = self._backup_superblock()
@@ -223,14 +224,18 @@ class Ocfs2Volume(Volume):
                     block = self.src.read(off, bs)
                     bits = int.from_bytes(block[S.ID2 + 0x38:S.ID2 + 0x3C], "little")
                     if len(block) == bs and 1 << bits == bs:
-                        self.warnings.append(f"{self.src.name}: primary superblock unreadable; "
-                                             f"using the backup at {off:#x}")
+                        self.warnings.append(Problem.at(
+                            self.src.name, None, f"primary superblock unreadable; using the "
+                                                 f"backup at {off:#x}"))
                         return bs, block
         return None
 
     # ---- low level --------------------------------------------------------------------
     def warn(self, message: str) -> None:
+        """Note damage worked around (a `Problem` about this volume, once)."""
         if message not in self.warnings and len(self.warnings) < MAX_WARNINGS:
+            if not isinstance(message, Problem):
+                message = Problem(message, source=self.name)
             self.warnings.append(message)
 
     def _check(self, block: bytes, check_at: int, what: str, blkno: int) -> bool | None:
@@ -426,7 +431,7 @@ class Ocfs2Volume(Volume):
             raise LimitError(f"path has {len(parts)} parts", source=self.name)
         return start, parts
 
-    def lookup(self, path: str) -> int:
+    def inode_number(self, path: str) -> int:
         """The inode number of ``path`` (no symlink is followed)."""
         ino, parts = self._split(path)
         for i, part in enumerate(parts):
@@ -434,19 +439,20 @@ class Ocfs2Volume(Volume):
             child = self._children(ino).get(part.encode("utf-8", "surrogateescape"))
             if child is None or part in (".", ".."):
                 raise SourceError(f"no such file: {'/'.join(parts[:i + 1])!r}",
-                                  source=self.name)
+                                  source=self.name, kind=ErrorKind.NOT_FOUND)
             ino = child
         return ino
 
     def _need_dir(self, ino: int, path: str) -> None:
         if not stat_mod.S_ISDIR(self.inode(ino).mode):
-            raise SourceError(f"{path!r} is not a directory", source=self.name)
+            raise SourceError(f"{path!r} is not a directory", source=self.name,
+                              kind=ErrorKind.NOT_A_DIR)
 
     def _decode(self, name: bytes) -> str:
         return name.decode("utf-8", "surrogateescape")
 
     def listdir(self, path: str = "", *, deleted: bool = False) -> list[DirEntry]:
-        ino = self.lookup(path)
+        ino = self.inode_number(path)
         self._need_dir(ino, path)
         entries = []
         for e in self._dir_entries(self.inode(ino), deleted):
@@ -458,23 +464,40 @@ class Ocfs2Volume(Volume):
             entries.append(DirEntry(self._decode(e.name), kind, e.inode or None, e.deleted))
         return sorted(entries, key=lambda e: (e.name, e.deleted))
 
+    def walk(self, path: str = "", *, deleted: bool = False,
+             problems: list[str] | None = None) -> Iterator[tuple[str, list[DirEntry]]]:
+        """`Volume.walk`; below ``//`` it walks the system directory, folders named ``//...``."""
+        if not path.startswith("//"):
+            yield from super().walk(path, deleted=deleted, problems=problems)
+            return
+        for folder, entries in self.system_volume().walk(path[2:], deleted=deleted,
+                                                         problems=problems):
+            yield "//" + folder, entries
+
     # ---- files ----------------------------------------------------------------------------
     def stat(self, path: str) -> FileStat:
-        ino = self.inode(self.lookup(path))
-        return self._stat(ino, path)
+        ino = self.inode(self.inode_number(path))
+        return self._stat(ino, path, detail=True)
+
+    def lookup(self, path: str) -> FileStat:
+        return self._stat(self.inode(self.inode_number(path)), path)
 
     def stat_inode(self, blkno: int) -> FileStat:
         """Facts of the inode at block ``blkno`` (for recovered or orphaned entries)."""
-        return self._stat(self.inode(blkno), f"<inode {blkno}>")
+        return self._stat(self.inode(blkno), f"<inode {blkno}>", detail=True)
 
-    def _stat(self, ino: Inode, path: str) -> FileStat:
+    def _stat(self, ino: Inode, path: str, detail: bool = False) -> FileStat:
+        """The inode's facts; with ``detail`` also its link target and `_extra`."""
         kind = FileType.from_mode(ino.mode)
-        target = self._symlink_target(ino) if kind is FileType.SYMLINK else None
+        target = self._symlink_target(ino) if detail and kind is FileType.SYMLINK else None
+        device = stat_mod.S_ISCHR(ino.mode) or stat_mod.S_ISBLK(ino.mode)
         return FileStat(path if path.startswith("<") else
                         ("//" + normalize(path[2:]) if path.startswith("//") else normalize(path)),
                         kind, ino.size, ino.blkno, ino.nlink, stat_mod.S_IMODE(ino.mode),
                         ino.uid, ino.gid, ino.mtime, ino.ctime, ino.atime,
-                        ino.clusters * self.cluster_size, target, self._extra(ino))
+                        ino.clusters * self.cluster_size, target,
+                        self._extra(ino) if detail else {}, st_mode=ino.mode,
+                        rdev=int.from_bytes(ino.id1, "little") if device else 0)
 
     def _extra(self, ino: Inode) -> dict[str, Any]:
         x: dict[str, Any] = {
@@ -545,7 +568,7 @@ class Ocfs2Volume(Volume):
         try:
             raw = self.block(ino.dx_root, f"index root of inode {ino.blkno}")
         except VmsiftError as e:
-            self.warn(str(e))
+            self.warn(Problem.of(e))
             return {"root": ino.dx_root, "error": str(e)}
         if raw[:8] != S.DX_ROOT_SIGNATURE:
             self.warn(f"{self.name} @ {ino.dx_root * self.block_size:#x}: index root of "
@@ -572,7 +595,7 @@ class Ocfs2Volume(Volume):
             info["inodes_sharing"] = rb.count
             records = self._refcount_records(root, rb.flags, ino.refcount_loc)
         except VmsiftError as e:
-            self.warn(str(e))
+            self.warn(Problem.of(e))
             info["error"] = str(e)
             return info
         cs = self.cluster_size
@@ -627,15 +650,16 @@ class Ocfs2Volume(Volume):
         return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
     def readlink(self, path: str) -> str:
-        ino = self.inode(self.lookup(path))
+        ino = self.inode(self.inode_number(path))
         if not stat_mod.S_ISLNK(ino.mode):
-            raise SourceError(f"{path!r} is not a symbolic link", source=self.name)
+            raise SourceError(f"{path!r} is not a symbolic link", source=self.name,
+                              kind=ErrorKind.NOT_A_LINK)
         return self._symlink_target(ino)
 
     def open(self, path: str) -> Ocfs2File:
-        ino = self.inode(self.lookup(path))
+        ino = self.inode(self.inode_number(path))
         if not stat_mod.S_ISREG(ino.mode):
-            raise SourceError(f"{path!r} is not a regular file", source=self.name)
+            raise not_a_file(FileType.from_mode(ino.mode), repr(path), self.name)
         return Ocfs2File(self, ino, f"{self.name}:{path}")
 
     def open_inode(self, blkno: int) -> Ocfs2File:

@@ -93,7 +93,7 @@ def _read(volume: Volume, path: str) -> bytes:
 
 
 def _file_identity(volume: Volume, path: str, **known: Any) -> dict[str, Any]:
-    st = volume.stat(path)
+    st = volume.lookup(path)  # the cheap stat: no locks or RDM facts
     return {"path": path, **known, "size": st.size, "mtime": st.mtime, "file_id": st.inode}
 
 

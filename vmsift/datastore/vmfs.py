@@ -17,19 +17,21 @@ import posixpath
 import stat as stat_mod
 import struct
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import (FormatError, LimitError, SourceError, UnsupportedError, VmsiftError,
-                      check_limit)
+from ..cache import LruCache
+from ..errors import (ErrorKind, FormatError, LimitError, Problem, SourceError,
+                      UnsupportedError, VmsiftError, check_limit)
 from ..formats.vmfs import fs as F
 from ..formats.vmfs import lvm as L
 from ..formats.vmfs.resource import HEADER_SIZE, ResourceGeometry
 from ..report import Report, Table, size_field
 from ..source import Alloc, ByteSource, Run, clip, merge_runs
 from .vmfs_lvm import assemble
-from .volume import DirEntry, FileStat, FileType, LruCache, Volume, normalize
+from .volume import DirEntry, FileStat, FileType, Volume, normalize, not_a_file
 
 KIND = "vmfs"
 MAX_DIR_BYTES = 64 << 20  # a directory file larger than this is damage (VMFS5: ~480k names)
@@ -92,6 +94,8 @@ class Fd:
             return FileType.FILE
         if t == F.DescType.SYMLINK:
             return FileType.SYMLINK
+        if t == F.DescType.RDM:
+            return FileType.RDM
         return FileType.OTHER
 
 
@@ -108,7 +112,7 @@ class Vmfs:
     def __init__(self, lv: ByteSource):
         self.lv = lv
         self.name = lv.name
-        self.warnings: list[str] = []
+        self.warnings: list[Problem] = []
         raw = lv.read_exact(F.FS_DESCRIPTOR_OFFSET, F.FsDescriptor.sizeof(), "VMFS descriptor")
         d = self.desc = F.FsDescriptor.parse(raw)
         if d.magic not in F.MAGICS:
@@ -144,7 +148,7 @@ class Vmfs:
         self._dirs: LruCache = LruCache.for_folders()
         self._names: LruCache = LruCache.for_folders()
         self._resource_blocks: LruCache = LruCache(CACHE_RESOURCE_BLOCKS)
-        self._depth = 0
+        self._local = threading.local()  # per reading thread: the resource-file depth
         self.resources: dict[str, tuple[Fd, ResourceGeometry]] = {}
         # Small file blocks per cluster: needed to read the system files before the SFB
         # resource header (inside .fbb.sf) can be read; that header then confirms it.
@@ -157,8 +161,10 @@ class Vmfs:
                                          source=self.name, offset=fbb_fd.lv_offset)
             self.resources["sfb"] = (fbb_fd, sfb)
             if sfb.resources_per_cluster != self.sfb_rpc:
-                self.warnings.append(f"small file blocks per cluster: {sfb.resources_per_cluster} "
-                                     f"in .fbb.sf, {self.sfb_rpc} assumed to read it")
+                self.warnings.append(Problem(
+                    f"small file blocks per cluster: {sfb.resources_per_cluster} in .fbb.sf, "
+                    f"{self.sfb_rpc} assumed to read it", source=self.name,
+                    offset=fbb_fd.lv_offset))
                 self.sfb_rpc = sfb.resources_per_cluster
                 self._fds.clear()
                 self._pbs.clear()
@@ -167,6 +173,15 @@ class Vmfs:
         if not self.root.is_dir:
             raise FormatError("the root file descriptor is not a directory", source=self.name,
                               offset=self.root.lv_offset)
+
+    @property
+    def _depth(self) -> int:
+        """How deep this thread is in resource files mapped through each other."""
+        return getattr(self._local, "depth", 0)
+
+    @_depth.setter
+    def _depth(self, value: int) -> None:
+        self._local.depth = value
 
     # -- descriptors ----------------------------------------------------------------------
 
@@ -189,7 +204,6 @@ class Vmfs:
     def fd(self, addr: int) -> Fd:
         """The file descriptor at FD address ``addr``."""
         if (cached := self._fds.get(addr)) is not None:
-            self._fds.move_to_end(addr)
             return cached
         if F.addr_type(addr) != F.AddrType.FD:
             raise FormatError(f"{addr:#010x} is not a file-descriptor address", source=self.name)
@@ -561,7 +575,8 @@ class Vmfs:
 # --- the volume -----------------------------------------------------------------------------
 
 _FILE_TYPES = {int(F.DescType.DIRECTORY): FileType.DIR, int(F.DescType.REGFILE): FileType.FILE,
-               int(F.DescType.SYMLINK): FileType.SYMLINK, int(F.DescType.SYSFILE): FileType.FILE}
+               int(F.DescType.SYMLINK): FileType.SYMLINK, int(F.DescType.SYSFILE): FileType.FILE,
+               int(F.DescType.RDM): FileType.RDM}
 
 
 def _file_type(desc_type: int) -> FileType:
@@ -588,7 +603,7 @@ class VmfsFile(ByteSource):
 class VmfsVolume(Volume):
     """A VMFS datastore (one device, a spanned set, or an LV image without LVM)."""
 
-    def __init__(self, lv: ByteSource, lvm: dict | None, warnings: list[str], sources):
+    def __init__(self, lv: ByteSource, lvm: dict | None, warnings: list, sources):
         self.lvm = lvm
         self.sources = list(sources)
         self.fs = Vmfs(lv)
@@ -607,18 +622,20 @@ class VmfsVolume(Volume):
             raise LimitError(f"path has {len(parts)} components", source=self.name)
         for i, part in enumerate(parts):
             if not fd.is_dir:
-                raise SourceError(f"{'/'.join(parts[:i])!r} is not a directory", source=self.name)
+                raise SourceError(f"{'/'.join(parts[:i])!r} is not a directory", source=self.name,
+                                  kind=ErrorKind.NOT_A_DIR)
             addr = self.fs.child(fd, part)
             if addr is None:
                 raise SourceError(f"{path!r}: no {part!r} in {'/'.join(parts[:i]) or '/'}",
-                                  source=self.name)
+                                  source=self.name, kind=ErrorKind.NOT_FOUND)
             fd = self.fs.fd(addr)
         return fd, path
 
     def listdir(self, path: str = "", *, deleted: bool = False) -> list[DirEntry]:
         fd, _ = self._lookup(path)
         if not fd.is_dir:
-            raise SourceError(f"{path!r} is not a directory", source=self.name)
+            raise SourceError(f"{path!r} is not a directory", source=self.name,
+                              kind=ErrorKind.NOT_A_DIR)
         out = []
         sysfile = int(F.DescType.SYSFILE)
         for name, dtype, addr, gone in self.fs.entries(fd):
@@ -632,14 +649,24 @@ class VmfsVolume(Volume):
 
     def stat(self, path: str) -> FileStat:
         fd, path = self._lookup(path)
+        st = self._stat(fd, path)
+        if st.type is FileType.SYMLINK:
+            st.symlink_target = self._link(fd)
+        st.extra = self._extra(fd)
+        return st
+
+    def lookup(self, path: str) -> FileStat:
+        fd, path = self._lookup(path)
+        return self._stat(fd, path)
+
+    def _stat(self, fd: Fd, path: str) -> FileStat:
+        """The facts the descriptor's metadata holds (no lock, RDM, link target)."""
         m = fd.meta
         kind = fd.file_type
-        target = None
-        if kind is FileType.SYMLINK:
-            target = self._link(fd)
+        st_mode = kind.ifmt | (m.mode & 0o7777) if kind is not FileType.OTHER else m.mode
         return FileStat(path, kind, m.length, fd.addr, m.link_count, m.mode & 0o7777, m.uid,
                         m.gid, float(m.mtime), float(m.ctime), float(m.atime),
-                        self._allocated(fd), target, self._extra(fd))
+                        self._allocated(fd), st_mode=st_mode)
 
     def _allocated(self, fd: Fd) -> int:
         if fd.meta.zla == F.Zla.RESIDENT or fd.type == F.DescType.RDM:
@@ -680,7 +707,8 @@ class VmfsVolume(Volume):
     def readlink(self, path: str) -> str:
         fd, path = self._lookup(path)
         if fd.type != F.DescType.SYMLINK:
-            raise SourceError(f"{path!r} is not a symbolic link", source=self.name)
+            raise SourceError(f"{path!r} is not a symbolic link", source=self.name,
+                              kind=ErrorKind.NOT_A_LINK)
         return self._link(fd)
 
     def open(self, path: str) -> ByteSource:
@@ -689,7 +717,7 @@ class VmfsVolume(Volume):
             raise UnsupportedError(f"{path!r} is a raw device mapping: its data is on the "
                                    f"mapped LUN, not on the datastore", source=self.name)
         if fd.file_type is not FileType.FILE:
-            raise SourceError(f"{path!r} is not a regular file", source=self.name)
+            raise not_a_file(fd.file_type, repr(path), self.name)
         if fd.meta.zla != F.Zla.RESIDENT and fd.meta.length > self.fs.capacity(fd):
             raise FormatError(f"{path!r}: length {fd.meta.length} is more than its pointers "
                               f"can address", source=self.name, offset=fd.lv_offset)
@@ -719,7 +747,7 @@ class VmfsVolume(Volume):
                 except VmsiftError as err:
                     if problems is None:
                         raise
-                    problems.append(f"lock of {path!r}: {err}")
+                    problems.append(Problem.of(err, f"lock of {path!r}: "))
         return found
 
     def heartbeats(self) -> list[dict]:
@@ -742,7 +770,7 @@ class VmfsVolume(Volume):
             "host_uuid": F.uuid_str(d.host_uuid) if any(d.host_uuid) else None,
         }
         hbs = self.heartbeats()
-        problems: list[str] = []
+        problems: list[Problem] = []
         locks = self.held_locks(problems)
         warnings = self.warnings + fs.warnings + problems
         res = [geo.to_dict() for _, geo in fs.resources.values()]

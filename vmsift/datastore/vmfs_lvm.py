@@ -11,7 +11,7 @@ import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..errors import FormatError
+from ..errors import ErrorKind, FormatError, Problem, TruncatedError
 from ..formats.vmfs import lvm as L
 from ..source import Alloc, ByteSource, Run, clip, merge_runs
 
@@ -22,6 +22,7 @@ class _Piece:
     length: int
     source: ByteSource | None  # None: on a device that was not given
     physical: int
+    device_size: int = 0  # the device's size by its LVM header
 
     @property
     def end(self) -> int:
@@ -59,8 +60,12 @@ class LogicalVolume(ByteSource):
             if piece.source is None:
                 raise FormatError(f"LV range {piece.logical:#x}+{piece.length:#x} lives on a "
                                   f"device that was not given", source=self.name, offset=pos)
-            out.append(piece.source.read_exact(piece.physical + pos - piece.logical, n,
-                                               "logical volume extent"))
+            at = piece.physical + pos - piece.logical
+            if at + n > piece.source.size:
+                short = L.cut_copy(piece.source.size, piece.device_size)
+                raise TruncatedError(f"{short}: LV range {pos:#x}+{n:#x} is past its end",
+                                     source=self.name, offset=pos)
+            out.append(piece.source.read_exact(at, n, "logical volume extent"))
         return b"".join(out)
 
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Run]:
@@ -84,7 +89,7 @@ class LogicalVolume(ByteSource):
 
 def assemble(sources: list[ByteSource]) -> tuple[LogicalVolume, dict, list[str]]:
     """The logical volume of the given LVM devices, a description of it, and warnings."""
-    warnings: list[str] = []
+    warnings: list[Problem] = []
     devices = [(src, L.read_device(src)) for src in sources]
     seen: dict[str, str] = {}
     for src, dev in devices:
@@ -104,26 +109,32 @@ def assemble(sources: list[ByteSource]) -> tuple[LogicalVolume, dict, list[str]]
     members = sorted(groups[key], key=lambda m: m[2].first_pe)
     for other in groups:
         if other != key:
-            warnings.append(f"ignored logical volume {other[0]} (snapshot {other[1]}) on "
-                            f"{', '.join(s.name for s, _, _ in groups[other])}")
-    for src, _ in devices:
+            warnings.append(Problem(f"ignored logical volume {other[0]} (snapshot {other[1]}) "
+                                    f"on {', '.join(s.name for s, _, _ in groups[other])}",
+                                    source=groups[other][0][0].name))
+    for src, dev in devices:
+        if src.size < dev.size:
+            warnings.append(Problem(f"{src.name}: {L.cut_copy(src.size, dev.size)}",
+                                    source=src.name))
         if not any(src is m[0] for m in members):
-            warnings.append(f"{src.name} holds no part of logical volume {key[0]}")
+            warnings.append(Problem(f"{src.name} holds no part of logical volume {key[0]}",
+                                    source=src.name))
     zero = next((m for m in members if m[2].first_pe == 0), members[0])
     lv_size = zero[2].size
     expected = max(v.num_devs for _, _, v in members)
     if expected > len(members):
-        warnings.append(f"logical volume spans {expected} devices, {len(members)} given")
+        warnings.append(Problem(f"logical volume spans {expected} devices, {len(members)} given",
+                                source=members[0][0].name))
 
     pieces: list[_Piece] = []
     for src, dev, vol in members:
         for ext in dev.extents.get(vol.volume_id, []):
             if ext.logical >= lv_size:
-                warnings.append(f"{src.name}: extent at LV {ext.logical:#x} is past the end of "
-                                f"the volume ({lv_size:#x}); ignored")
+                warnings.append(Problem.at(src.name, None, f"extent at LV {ext.logical:#x} is "
+                                           f"past the end of the volume ({lv_size:#x}); ignored"))
                 continue
             pieces.append(_Piece(ext.logical, min(ext.length, lv_size - ext.logical), src,
-                                 ext.physical))
+                                 ext.physical, dev.size))
     pieces.sort(key=lambda p: p.logical)
     filled: list[_Piece] = []
     pos = 0
@@ -139,8 +150,9 @@ def assemble(sources: list[ByteSource]) -> tuple[LogicalVolume, dict, list[str]]
         filled.append(_Piece(pos, lv_size - pos, None, 0))
     lv = LogicalVolume(filled, lv_size, f"{members[0][0].name} (LV {key[0]})")
     for offset, length in lv.missing:
-        warnings.append(f"LV range {offset:#x}+{length:#x} is on a missing device: reads "
-                        f"there fail")
+        warnings.append(Problem(f"LV range {offset:#x}+{length:#x} is on a missing device: "
+                                f"reads there fail", source=lv.name, offset=offset,
+                                kind=ErrorKind.IO))
     desc = {
         "lv_uuid": key[0], "snap_id": key[1], "name": zero[2].name, "size": lv_size,
         "state": zero[2].state, "generation": zero[2].generation, "num_devs": expected,

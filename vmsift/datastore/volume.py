@@ -2,11 +2,24 @@
 
 Paths inside a volume are POSIX-style, relative to its root ("" is the root). Names read from
 files (descriptor extents, parent hints, vmx disk paths) are resolved with `Volume.resolve`,
-which refuses anything that would leave the volume. Lookups never follow symbolic links;
-`readlink` tells where one points.
+which refuses anything that would leave the volume. Lookups never follow symbolic links, on
+every volume: a link in the middle of a path is not a folder, and opening one is an error of
+kind `ErrorKind.IS_A_LINK`; `readlink` tells where one points.
 
-A volume implements `info`, `listdir`, `stat`, `open` and `readlink`; `exists`, `walk` and
-`resolve` are built on those.
+A volume implements `info`, `listdir`, `stat`, `lookup`, `open` and `readlink`; `exists`,
+`walk` and `resolve` are built on those.
+
+Two stats: `lookup(path)` is the cheap one (what a file system asks on every call: type,
+``st_mode`` with its type bits, size, inode, links, owner, times, ``rdev``); it decodes no
+locks, RDM facts, refcounts or checksums, and leaves ``extra`` empty and ``symlink_target``
+unread. `stat(path)` adds all of those (``ds stat``, ``ds ls -l``).
+
+Lookups fail with `SourceError`s whose `kind` says why: NOT_FOUND (no such name), NOT_A_DIR
+(a component, or what listdir was given, is no folder), IS_A_DIR (open of a folder),
+IS_A_LINK (open of a symbolic link), NOT_A_LINK (readlink of something else), NOT_A_FILE
+(open of a device, socket or fifo). A VMFS raw device mapping is type `FileType.RDM` (a
+regular file to ``st_mode``); opening it is an `UnsupportedError` (its data is on the LUN).
+Damage is a `FormatError` (kind DAMAGED).
 """
 
 from __future__ import annotations
@@ -15,28 +28,30 @@ import enum
 import posixpath
 import re
 import stat as stat_mod
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ChainError, VmsiftError
+from ..cache import LruCache  # noqa: F401 - its old home: callers may still import it here
+from ..errors import ChainError, ErrorKind, Problem, SourceError, VmsiftError
 from ..report import Report
 from ..source import ByteSource
 
 _ESX_ABSOLUTE = re.compile(r"^/vmfs/volumes/[^/]+/(.+)$")
 MAX_DEPTH = 64  # directory depth `walk` descends to; deeper means a loop or damage
-# folder entries a volume keeps decoded (about 200 bytes each): bounds memory however many
-# big folders a (hostile) image has; one folder larger than this is still kept alone
-CACHED_DIR_ENTRIES = 200_000
 
 
 class FileType(enum.Enum):
     FILE = "file"
     DIR = "dir"
     SYMLINK = "symlink"
-    OTHER = "other"  # devices, sockets, VMFS RDM mapping files and other special files
+    RDM = "rdm"      # a VMFS raw device mapping file: its data is on a LUN elsewhere
+    OTHER = "other"  # devices, sockets, fifos and other special files
+
+    @property
+    def ifmt(self) -> int:
+        """The ``st_mode`` type bits of this type (0 for OTHER: the mode itself tells)."""
+        return _IFMT[self]
 
     @classmethod
     def from_mode(cls, mode: int) -> FileType:
@@ -50,51 +65,8 @@ class FileType(enum.Enum):
         return cls.OTHER
 
 
-class LruCache(OrderedDict):
-    """A bounded cache of decoded metadata (inodes, directories, pointer blocks): at most
-    ``limit`` values, or with ``weight`` (folders: their entry count) values weighing at most
-    ``limit`` together; the newest value stays even when it alone weighs more. Safe to
-    share between threads (FUSE mounts read several files at once)."""
-
-    def __init__(self, limit: int, weight: Callable[[Any], int] | None = None):
-        super().__init__()
-        self.limit = limit
-        self.weight = weight
-        self.total = 0
-        self._lock = threading.RLock()
-
-    @classmethod
-    def for_folders(cls) -> LruCache:
-        """A cache of decoded folders (entry lists or name indexes), `CACHED_DIR_ENTRIES`
-        entries in all (each folder counts one more, so empty ones are bounded too)."""
-        return cls(CACHED_DIR_ENTRIES, lambda entries: len(entries) + 1)
-
-    def _weigh(self, value) -> int:
-        return self.weight(value) if self.weight else 1
-
-    def put(self, key, value):
-        with self._lock:
-            if key in self:
-                self.total -= self._weigh(self[key])
-            self[key] = value
-            self.total += self._weigh(value)
-            self.move_to_end(key)
-            while self.total > self.limit and len(self) > 1:
-                self.total -= self._weigh(self.popitem(last=False)[1])
-            return value
-
-    def clear(self) -> None:
-        with self._lock:
-            super().clear()
-            self.total = 0
-
-    def get_or(self, key, make):
-        """The cached value of ``key``, or ``make()`` stored under it."""
-        with self._lock:
-            if key in self:
-                self.move_to_end(key)
-                return self[key]
-        return self.put(key, make())
+_IFMT = {FileType.FILE: stat_mod.S_IFREG, FileType.DIR: stat_mod.S_IFDIR,
+         FileType.SYMLINK: stat_mod.S_IFLNK, FileType.RDM: stat_mod.S_IFREG, FileType.OTHER: 0}
 
 
 @dataclass
@@ -110,7 +82,9 @@ class DirEntry:
 @dataclass
 class FileStat:
     """What a volume knows of one file; ``extra`` holds format-specific facts (VMFS lock
-    holder, OCFS2 flags, refcount tree ...)."""
+    holder, OCFS2 flags, refcount tree ...). ``mode`` is the permission bits, ``st_mode`` the
+    full POSIX mode (type bits included; made from ``type`` and ``mode`` when not given),
+    ``rdev`` the device number of a device file."""
 
     path: str
     type: FileType
@@ -126,12 +100,29 @@ class FileStat:
     allocated: int | None = None  # bytes the file takes on the volume, where known
     symlink_target: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    st_mode: int = 0
+    rdev: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.st_mode:
+            self.st_mode = self.type.ifmt | (self.mode or 0)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("path", "size", "inode", "nlink", "mode", "uid", "gid",
                                            "mtime", "ctime", "atime", "allocated",
                                            "symlink_target")}
         return {**d, "type": self.type.value, "extra": self.extra}
+
+
+_REFUSED = {FileType.DIR: (ErrorKind.IS_A_DIR, "is a folder, not a regular file"),
+            FileType.SYMLINK: (ErrorKind.IS_A_LINK, "is a symbolic link, not a regular file "
+                                                    "(links are not followed)")}
+
+
+def not_a_file(kind: FileType, what: str, source: str) -> SourceError:
+    """The error for opening ``what`` (of type ``kind``, not FILE) as a regular file."""
+    error, why = _REFUSED.get(kind, (ErrorKind.NOT_A_FILE, "is not a regular file"))
+    return SourceError(f"{what} {why}", source=source, kind=error)
 
 
 def normalize(path: str) -> str:
@@ -155,8 +146,12 @@ class Volume:
         raise NotImplementedError
 
     def stat(self, path: str) -> FileStat:
-        """Facts of ``path`` itself (a symbolic link is not followed)."""
+        """All facts of ``path`` itself (a symbolic link is not followed)."""
         raise NotImplementedError
+
+    def lookup(self, path: str) -> FileStat:
+        """The cheap facts of ``path`` (see the module docstring): by default `stat`."""
+        return self.stat(path)
 
     def open(self, path: str) -> ByteSource:
         """The contents of the regular file ``path``, with its allocation map."""
@@ -182,7 +177,7 @@ class Volume:
             return False
 
     def walk(self, path: str = "", *, deleted: bool = False,
-             problems: list[str] | None = None) -> Iterator[tuple[str, list[DirEntry]]]:
+             problems: list[Problem] | None = None) -> Iterator[tuple[str, list[DirEntry]]]:
         """(directory, entries) for ``path`` and every directory below it, top down; each
         directory once (by inode), at most `MAX_DEPTH` deep. With ``problems``, a directory
         that cannot be read is noted there and skipped instead of ending the walk."""
@@ -195,7 +190,7 @@ class Volume:
             except VmsiftError as e:
                 if problems is None or current == normalize(path):
                     raise
-                problems.append(f"folder {current!r} skipped: {e}")
+                problems.append(Problem.of(e, f"folder {current!r} skipped: "))
                 continue
             yield current, entries
             if depth >= MAX_DEPTH:

@@ -30,6 +30,7 @@ from ..report import Report, Table
 from ..source import ByteSource
 
 KIND = "vmcfg"
+NAMES = ("vm.cfg",)  # a vm.cfg the content test missed is decoded, so its error is named
 MAX_SIZE = 4 * 1024 * 1024  # real files are a few KiB
 MAX_TOKEN = 1024 * 1024  # one string literal
 MAX_DEPTH = 32  # nesting of lists / tuples / dicts
@@ -140,7 +141,8 @@ class _Reader:
             self.pos = m.end()
             return _CONSTANTS[m.group()]
         if m:
-            self.fail(f"{m.group()!r} is not a literal (vm.cfg expressions are not evaluated)")
+            self.fail(f"{m.group()!r} is not a literal: vm.cfg expressions and statements are "
+                      f"never run (vmsift reads literal values only)")
         self.fail(f"value expected, found {c!r}")
 
     def container(self, depth: int) -> Any:
@@ -707,6 +709,14 @@ def _quote(s: str) -> str:
 # Parsing
 
 
+def _statement(rd: _Reader, start: int, expected: str) -> None:
+    """Fail on a line that is not an assignment: quote it, and say it is never run."""
+    line = rd.text[start:].split("\n", 1)[0].strip()
+    shown = line if len(line) <= 60 else line[:59] + "…"
+    rd.fail(f"{expected}: {shown!r} is a Python statement, not a 'name = value' assignment; "
+            f"statements are never run (vmsift reads literal values only)", start)
+
+
 def parse(data: bytes, source: str = "<bytes>") -> VmCfg:
     """Parse vm.cfg bytes (UTF-8; undecodable bytes are kept as they are)."""
     if len(data) > MAX_SIZE:
@@ -732,12 +742,13 @@ def parse(data: bytes, source: str = "<bytes>") -> VmCfg:
         start = rd.pos
         m = _NAME.match(text, rd.pos)
         if not m or m.group() in _CONSTANTS:
-            rd.fail(f"a 'name = value' statement expected, found {text[rd.pos]!r}")
+            _statement(rd, start, f"a 'name = value' statement expected, found "
+                                  f"{text[rd.pos]!r}")
         name = m.group()
         rd.pos = m.end()
         rd.skip_inline()
         if not text.startswith("=", rd.pos) or text.startswith("==", rd.pos):
-            rd.fail(f"'=' expected after {name!r}")
+            _statement(rd, start, f"'=' expected after {name!r}")
         rd.pos += 1
         rd.skip_inline()
         vstart = rd.pos

@@ -262,7 +262,10 @@ _HOSTNAME = re.compile(r"Hostname=(?P<host>\S+)")
 _CONFIG_FILE = re.compile(r"Config file: (?P<path>.+?)\s*$")
 _DICT_SECTION = re.compile(r"DICT --- (?P<name>[A-Z][A-Z ]*[A-Z])(?:\s+(?P<path>.*?))?\s*$")
 _DICT_ENTRY = re.compile(r"DICT\s+(?P<key>[^\s=]+)\s*=\s?(?P<value>.*?)\s*$")
-_DISK_OPEN = re.compile(r"DISK: OPEN (?:(?P<device>\S+) )?'(?P<path>[^']*)'\s*(?P<mode>\S+)?")
+# the mode is a lowercase word ("persistent", "independent-nonpersistent"); Workstation 7
+# writes the geometry there instead: "'x.vmdk' Geo (16383/16/63) BIOS Geo (0/0/0)"
+_DISK_OPEN = re.compile(r"DISK: OPEN (?:(?P<device>\S+) )?'(?P<path>[^']*)'"
+                        r"(?:\s+Geo \((?P<geometry>\d+/\d+/\d+)\)|\s*(?P<mode>[a-z][\w-]*))?")
 _DISKLIB_LINK = re.compile(r"DISKLIB-LINK\s*: Opened '(?P<path>[^']*)' \([^)]*\): (?P<type>\w+), "
                            r"(?P<sectors>\d+) sectors")
 _DISKLIB_FILE = re.compile(r"DISKLIB-(?P<which>VMFS|DSCPTR|SPARSE|FLAT|LIB)\s*: "
@@ -312,6 +315,7 @@ class DiskOpen:
     path: str
     device: str | None = None        # "scsi0:0"
     mode: str | None = None          # "persistent"
+    geometry: str | None = None      # "16383/16/63" (cylinders/heads/sectors, Workstation 7)
     create_type: str | None = None   # from DISKLIB-LINK
     sectors: int | None = None
     size: int | None = None          # bytes, from DISKLIB-VMFS
@@ -319,6 +323,7 @@ class DiskOpen:
     def to_dict(self) -> dict[str, Any]:
         return {"line": self.line, "timestamp": _iso(self.timestamp), "source": self.source,
                 "path": self.path, "device": self.device, "mode": self.mode,
+                "geometry": self.geometry,
                 "create_type": self.create_type, "sectors": self.sectors, "size": self.size}
 
 
@@ -366,8 +371,23 @@ class LogSummary:
 
     @property
     def disk_files(self) -> list[str]:
-        """Distinct disk file paths named by disk open lines, in order of first mention."""
-        return list(dict.fromkeys(d.path for d in self.disks))
+        """Distinct disk files named by disk open lines, in order of first mention. A relative
+        name opened also by its absolute path is listed once, absolute: it is the same file
+        when it joins the config file's folder to that path (or, with no config file line,
+        when the absolute path ends with it)."""
+        paths = list(dict.fromkeys(d.path for d in self.disks))
+        absolute = {_slashes(p): p for p in paths if _is_absolute(p)}
+        folder = _slashes(self.config_file).rpartition("/")[0] if self.config_file else None
+        out: list[str] = []
+        for p in paths:
+            if not _is_absolute(p):
+                rel = _slashes(p)
+                same = [a for k, a in absolute.items()
+                        if (k == f"{folder}/{rel}" if folder else k.endswith("/" + rel))]
+                p = same[0] if len(same) == 1 else p
+            if p not in out:
+                out.append(p)
+        return out
 
     def config(self, section: str = "CONFIGURATION") -> dict[str, str]:
         """The entries of the last DICT section of that name (the .vmx as the VMX read it)."""
@@ -400,6 +420,15 @@ class LogSummary:
         }
 
 
+def _slashes(path: str) -> str:
+    return path.replace("\\", "/")
+
+
+def _is_absolute(path: str) -> bool:
+    """``/vmfs/...``, ``C:\\VMs\\...`` or ``\\\\server\\share``."""
+    return path.startswith(("/", "\\")) or re.match(r"[A-Za-z]:[\\/]", path) is not None
+
+
 def _append(summary: LogSummary, items: list, item: Any, name: str) -> None:
     if len(items) < LIST_CAP:
         items.append(item)
@@ -420,7 +449,7 @@ def _disk(ev: Event) -> DiskOpen | None:
     m = _DISK_OPEN.match(msg)
     if m:
         return DiskOpen(ev.line, ev.timestamp, "DISK: OPEN", m["path"], device=m["device"],
-                        mode=m["mode"])
+                        mode=m["mode"], geometry=m["geometry"])
     m = _DISKLIB_LINK.match(msg)
     if m:
         return DiskOpen(ev.line, ev.timestamp, "DISKLIB-LINK", m["path"],

@@ -12,11 +12,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import LimitError
 from ..report import Report, Table
 from ..source import ByteSource
 from . import dictfile
 
 KIND = "vmx"
+EXTENSIONS = (".vmx",)  # a .vmx the content test missed is decoded, so its error is named
 MAX_SIZE = 16 * 1024 * 1024
 
 TELLTALE = ("config.version", "virtualhw.version", "displayname", "guestos", "memsize",
@@ -225,7 +227,25 @@ def parse(data: bytes, source: str = "<bytes>") -> Vmx:
 
 
 def read(src: ByteSource) -> Vmx:
+    if src.size > MAX_SIZE:
+        raise LimitError(_too_big(src), source=src.name)
     return parse(src.read_all(MAX_SIZE, "vmx file"), src.name)
+
+
+def _too_big(src: ByteSource) -> str:
+    """Why a vmx file is over `MAX_SIZE`, naming its longest line (within the limit read)."""
+    message = f"vmx file is {src.size} bytes, more than the {MAX_SIZE} allowed"
+    head = src.read(0, MAX_SIZE)
+    number, start, longest = 0, 0, (0, 0, 0)  # (length, line number, start)
+    for number, line in enumerate(head.split(b"\n"), 1):
+        longest = max(longest, (len(line), number, start))
+        start += len(line) + 1
+    length, number, start = longest
+    if length * 2 < MAX_SIZE:
+        return message
+    key = head[start:start + 200].split(b"=", 1)[0].strip().decode("utf-8", "replace")
+    cut = " or more (cut at the limit)" if start + length >= len(head) else ""
+    return f"{message}: line {number} ({key!r}) alone is {length} bytes{cut}"
 
 
 def sniff(head: bytes) -> bool:

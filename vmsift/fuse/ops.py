@@ -26,14 +26,14 @@ import signal
 import subprocess
 import sys
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import pyfuse3
 import trio
 
-from ..errors import SourceError, UnsupportedError, VmsiftError
+from ..cache import LruCache
+from ..errors import SourceError, VmsiftError
 from ..source import Alloc, ByteSource, clip
 from .tree import Dir, File, Node, Symlink, Tree
 
@@ -46,48 +46,9 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
 
 def errno_of(e: BaseException) -> int:
-    """The errno a failed source operation answers with: the error's own ``errno`` where it
-    has one, else by class (the only place this is decided)."""
-    own = getattr(e, "errno", None)
-    if isinstance(own, int) and own > 0:
-        return own
-    if isinstance(e, SourceError):
-        text = e.message.lower()
-        if "not found" in text or "no such" in text or "does not exist" in text:
-            return errno.ENOENT
-        if "permission" in text:
-            return errno.EACCES
-        if "not a directory" in text:
-            return errno.ENOTDIR
-    if isinstance(e, UnsupportedError):
-        return errno.EOPNOTSUPP
-    return errno.EIO
-
-
-class BlockCache:
-    """Recently read ``CACHE_BLOCK``-aligned blocks, keyed by (inode, block), at most
-    ``limit`` bytes in all; safe to use from several threads."""
-
-    def __init__(self, limit: int = CACHE_BYTES):
-        self.limit = limit
-        self.total = 0
-        self._blocks: OrderedDict[tuple[int, int], bytes] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[int, int]) -> bytes | None:
-        with self._lock:
-            data = self._blocks.get(key)
-            if data is not None:
-                self._blocks.move_to_end(key)
-            return data
-
-    def put(self, key: tuple[int, int], data: bytes) -> None:
-        with self._lock:
-            old = self._blocks.pop(key, None)
-            self.total += len(data) - (len(old) if old is not None else 0)
-            self._blocks[key] = data
-            while self.total > self.limit and self._blocks:
-                self.total -= len(self._blocks.popitem(last=False)[1])
+    """The errno a failure answers with: a vmsift error's own (from its kind), EIO for
+    anything else (a bug)."""
+    return e.errno if isinstance(e, VmsiftError) else errno.EIO
 
 
 class OpenSource:
@@ -104,13 +65,12 @@ class TreeOps(pyfuse3.Operations):
 
     supports_dot_lookup = True
 
-    def __init__(self, tree: Tree, *, workers: int = WORKERS,
-                 cache: BlockCache | None = None, direct_io: bool = False):
+    def __init__(self, tree: Tree, *, workers: int = WORKERS, direct_io: bool = False):
         super().__init__()
         self.tree = tree
         self.direct_io = direct_io
         self.uid, self.gid = os.getuid(), os.getgid()
-        self.cache = cache or BlockCache()
+        self.cache = LruCache(CACHE_BYTES, len)  # (inode, block index) -> bytes
         self._limiter = trio.CapacityLimiter(workers)
         self._open: dict[int, OpenSource] = {}      # inode -> its open source
         self._handles: dict[int, File] = {}         # fh -> node

@@ -54,7 +54,7 @@ def allocation_summary(opener: Callable[[], ByteSource]) -> str:
 def datastore_tree(volume: Volume, *, deleted: bool = False) -> Tree:
     """The tree of a datastore mount: ``files/`` and ``vms/``."""
     root = Dir()
-    root.add("files", volume_folder(volume, "", volume.stat(""), deleted))
+    root.add("files", volume_folder(volume, "", volume.lookup(""), deleted))
     root.add("vms", Dir(lambda: vm_folders(volume)))
     return Tree(root, name=f"vmsift:{volume.name}")
 
@@ -69,18 +69,22 @@ def _attrs(st: FileStat) -> Attrs:
                  st.mtime or 0.0, st.ctime or 0.0)
 
 
-def _stat_xattrs(st: FileStat) -> dict:
-    out = {}
+def _stat_xattrs(volume: Volume, path: str, st: FileStat) -> dict:
+    """``user.vmsift.inode`` now; the format's own facts (locks, flags, RDM mapping: the
+    costly `Volume.stat`) when asked for."""
+    out: dict = {"user.vmsift.stat": lambda: json.dumps(volume.stat(path).extra,
+                                                       sort_keys=True, default=str)}
     if st.inode is not None:
         out["user.vmsift.inode"] = str(st.inode)
-    if st.extra:
-        out["user.vmsift.stat"] = json.dumps(st.extra, sort_keys=True, default=str)
+    if st.type is FileType.RDM:
+        out["user.vmsift.rdm"] = lambda: json.dumps(volume.stat(path).extra.get("rdm"),
+                                                    sort_keys=True, default=str)
     return out
 
 
 def volume_folder(volume: Volume, path: str, st: FileStat, deleted: bool) -> Dir:
-    return Dir(lambda: _folder_entries(volume, path, deleted), _attrs(st), _stat_xattrs(st),
-               st.size)
+    return Dir(lambda: _folder_entries(volume, path, deleted), _attrs(st),
+               _stat_xattrs(volume, path, st), st.size)
 
 
 def _folder_entries(volume: Volume, path: str, deleted: bool) -> Iterator[tuple[str, Node]]:
@@ -90,8 +94,7 @@ def _folder_entries(volume: Volume, path: str, deleted: bool) -> Iterator[tuple[
             yield f"{entry.name} (deleted)", _deleted_node(entry)
             continue
         try:
-            st = volume.stat(full)
-            node = volume_node(volume, full, st, deleted)
+            node = volume_node(volume, full, volume.lookup(full), deleted)
         except VmsiftError as e:
             warn(f"{full}: left out of the mount: {e}")
             continue
@@ -99,8 +102,9 @@ def _folder_entries(volume: Volume, path: str, deleted: bool) -> Iterator[tuple[
 
 
 def volume_node(volume: Volume, path: str, st: FileStat, deleted: bool = False) -> Node:
-    """The node of one volume entry (a folder is filled when first listed)."""
-    attrs, xattrs = _attrs(st), _stat_xattrs(st)
+    """The node of one volume entry from its cheap `Volume.lookup` (a folder is filled when
+    first listed)."""
+    attrs, xattrs = _attrs(st), _stat_xattrs(volume, path, st)
     if st.type is FileType.DIR:
         return volume_folder(volume, path, st, deleted)
     if st.type is FileType.SYMLINK:
@@ -109,12 +113,10 @@ def volume_node(volume: Volume, path: str, st: FileStat, deleted: bool = False) 
     def opener() -> ByteSource:
         return volume.open(path)
 
-    if st.type is FileType.OTHER:  # a raw device mapping (data on its LUN) or a device
-        attrs.blocks = 0
-        if "rdm" in st.extra:
-            xattrs["user.vmsift.rdm"] = json.dumps(st.extra["rdm"], sort_keys=True)
-    else:
+    if st.type is FileType.FILE:
         xattrs["user.vmsift.allocation"] = lambda: allocation_summary(opener)
+    else:  # a raw device mapping (data on its LUN: opening fails) or a device
+        attrs.blocks = 0
     return File(opener, st.size, attrs, xattrs)
 
 
@@ -185,7 +187,7 @@ def _vm_entries(volume: Volume, vm) -> Iterator[tuple[str, Node]]:
             {"user.vmsift.snapshot": str(snap["uid"])})
     for path in vm.files:  # configuration, snapshot database, NVRAM, logs ...
         try:
-            node = volume_node(volume, path, volume.stat(path))
+            node = volume_node(volume, path, volume.lookup(path))
         except VmsiftError as e:
             warn(f"{path}: left out of the mount: {e}")
             continue

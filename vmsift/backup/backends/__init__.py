@@ -47,19 +47,29 @@ class Backend:
     def exists(self, kind: str, name: str) -> bool:
         raise NotImplementedError
 
+    def create(self) -> None:
+        """Prepare an empty store for a new repository (refuse one that is not empty)."""
+        raise NotImplementedError
+
     def close(self) -> None:
         pass
 
 
-def open_backend(location: str) -> Backend:
-    """The backend for a repository location (a local folder path), with retries."""
-    from .local import LocalBackend
+def open_backend(location: str, retry: bool = True) -> Backend:
+    """The backend for a repository location: ``s3:ENDPOINT/BUCKET[/PREFIX]`` or a local
+    folder; wrapped in `retry.RetryBackend` unless ``retry`` is off."""
     from .retry import RetryBackend
 
-    if "://" in location or location.startswith("s3:"):
-        raise RepositoryError(f"repository location {location!r}: only local folders are "
-                              "supported in this version", source=location)
-    return RetryBackend(LocalBackend(location))
+    if location.startswith("s3:"):
+        from .s3 import S3Backend
+        backend: Backend = S3Backend(location)
+    elif "://" in location:
+        raise RepositoryError("unknown repository location (a folder, or "
+                              "s3:ENDPOINT/BUCKET[/PREFIX])", source=location)
+    else:
+        from .local import LocalBackend
+        backend = LocalBackend(location)
+    return RetryBackend(backend) if retry else backend
 
 
 __all__ = ["Backend", "KINDS", "MissingObjectError", "TransientError", "open_backend"]

@@ -55,5 +55,8 @@ class RetryBackend(Backend):
     def exists(self, kind: str, name: str) -> bool:
         return self._call(f"stat {kind}/{name}", lambda: self.inner.exists(kind, name))
 
+    def create(self) -> None:
+        self._call("create", self.inner.create)
+
     def close(self) -> None:
         self.inner.close()

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...errors import FormatError, TruncatedError
+from ...errors import FormatError, Problem, TruncatedError
 from . import structs as S
 from .flags import COMPAT, INCOMPAT, RO_COMPAT, DynFeature, InodeFlag, names
 
@@ -233,7 +233,7 @@ def dirent_min_len(name_len: int) -> int:
 
 def iter_dirents(buf: bytes, end: int, *, deleted: bool = False,
                  source: str = "<bytes>", offset: int = 0,
-                 warnings: list[str] | None = None) -> Iterator[RawDirEntry]:
+                 warnings: list[Problem] | None = None) -> Iterator[RawDirEntry]:
     """Walk the entries of one directory block (or inline area) up to ``end``.
 
     Live entries have inode != 0. With ``deleted``, also yields entries whose inode was
@@ -248,9 +248,9 @@ def iter_dirents(buf: bytes, end: int, *, deleted: bool = False,
         if rec_len < S.DIRENT_HEADER or rec_len % 4 or pos + rec_len > end \
                 or dirent_min_len(name_len) > rec_len:
             if warnings is not None:
-                warnings.append(f"{source} @ {offset + pos:#x}: bad directory entry "
-                                f"(rec_len {rec_len}, name_len {name_len}); rest of "
-                                f"block skipped")
+                warnings.append(Problem.at(source, offset + pos, f"bad directory entry "
+                                           f"(rec_len {rec_len}, name_len {name_len}); rest "
+                                           f"of block skipped"))
             return
         name = bytes(buf[pos + S.DIRENT_HEADER:pos + S.DIRENT_HEADER + name_len])
         if inode:

@@ -22,6 +22,7 @@ from typing import Any
 
 from construct import Bytes, Const, Int32ul, Struct
 
+from ...cache import LruCache
 from ...errors import FormatError, TruncatedError, VmsiftError, check_limit
 from ...report import Report, Table
 from ...source import Alloc, ByteSource, Run, clip, merge_runs
@@ -204,22 +205,14 @@ class GrainMapExtent(ByteSource):
     def _init_map(self) -> None:
         self.grain_bytes = self.grain_sectors * SECTOR
         self.grains = -(-self.size // self.grain_bytes)
-        self._tables: dict[int, array.array | None] = {}
+        self._tables = LruCache(TABLE_CACHE)  # thread-safe: reading threads share it
 
     def _load_table(self, index: int) -> array.array | None:
         raise NotImplementedError
 
     def table(self, index: int) -> array.array | None:
         """Grain table ``index`` decoded, or None where the directory has none (cached)."""
-        try:
-            return self._tables[index]
-        except KeyError:
-            pass
-        table = self._load_table(index)
-        if len(self._tables) >= TABLE_CACHE:
-            self._tables.pop(next(iter(self._tables)))
-        self._tables[index] = table
-        return table
+        return self._tables.get_or(index, lambda: self._load_table(index))
 
     def grain_runs(self, start: int, end: int) -> Iterator[tuple[int, int, Alloc, int]]:
         """(first grain, count, kind, file sector) for grains [start, end); DATA runs are

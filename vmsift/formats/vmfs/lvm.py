@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from construct import Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Padding, Struct
 
-from ...errors import FormatError, LimitError, VmsiftError
+from ...errors import FormatError, LimitError, TruncatedError, VmsiftError
+from ...report import human_size
 from ...source import ByteSource
 
 MAGIC = 0xC001D00D
@@ -224,6 +225,27 @@ def read_device(src: ByteSource) -> Device:
         h.init_time_us, h.mod_time_us, format_uuid(h.locked_by), cstr(h.disk_id.vendor).strip(),
         cstr(h.disk_id.model).strip(), cstr(h.disk_id.id[:h.disk_id.len or 44]).strip())
 
+    try:
+        _read_tables(src, h, dev, md_block, max_volumes, bitmap_size)
+    except TruncatedError as e:
+        if src.size >= dev.size:
+            raise
+        raise TruncatedError(f"{cut_copy(src.size, dev.size)}: {e.message}", source=src.name,
+                             offset=e.offset) from None
+    return dev
+
+
+def cut_copy(have: int, device_size: int) -> str:
+    """Says that an image holds ``have`` bytes of a device its LVM header makes larger."""
+    missing = device_size - have
+    return (f"the image is shorter than its volume says: its LVM header gives the device "
+            f"{device_size} bytes ({human_size(device_size)}), the file holds {have} "
+            f"({human_size(have)}), {missing} bytes ({human_size(missing)}) missing")
+
+
+def _read_tables(src: ByteSource, h, dev: Device, md_block: int, max_volumes: int,
+                 bitmap_size: int) -> None:
+    """The volume table, device names and PE tables of ``dev`` (read_device's second half)."""
     table = HEADER_OFFSET + md_block
     raw_table = src.read_exact(table, h.num_volumes * VOLUME_ENTRY_SIZE, "LVM volume table")
     for i in range(h.num_volumes):
@@ -279,4 +301,3 @@ def read_device(src: ByteSource) -> Device:
                     dev.extents.setdefault(pe.volume_id, []).append(
                         Extent(pe.logical_offset, pe.physical_offset, pe.length, pe.pe_id))
             read += n
-    return dev
