@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT, data_runs, missing, require_tool, sparse_copy, vmsift
-from tests.test_datastore import kernel_images  # noqa: F401  (the kernel-written OCFS2 images)
 from vmsift.datastore.detect import open_datastore
 from vmsift.datastore.disk import open_disk
 from vmsift.datastore.snapshots import disk_at_snapshot
