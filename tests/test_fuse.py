@@ -182,6 +182,19 @@ VMX = ('.encoding = "UTF-8"\nconfig.version = "8"\nvirtualHW.version = "19"\n'
        'displayName = "{name}"\nscsi0:0.present = "TRUE"\nscsi0:0.fileName = "{disk}"\n')
 
 
+def vmsd(snapshots: list[tuple[str, str]]) -> str:
+    """A .vmsd of a line of snapshots (name, disk file of scsi0:0), the last current."""
+    n = len(snapshots)
+    lines = [f'snapshot.lastUID = "{n}"', f'snapshot.current = "{n}"',
+             f'snapshot.numSnapshots = "{n}"']
+    for i, (name, disk) in enumerate(snapshots):
+        lines += [f'snapshot{i}.uid = "{i + 1}"', f'snapshot{i}.displayName = "{name}"',
+                  f'snapshot{i}.disk0.fileName = "{disk}"', f'snapshot{i}.disk0.node = "scsi0:0"']
+        if i:
+            lines.append(f'snapshot{i}.parent = "{i}"')
+    return "\n".join(lines) + "\n"
+
+
 @pytest.fixture(scope="module")
 def folder_ds(tmp_path_factory):
     """web01: a 3-link chain with two snapshots; pvm: a disk with an MBR and an ext4
@@ -199,12 +212,8 @@ def folder_ds(tmp_path_factory):
         run("qemu-img", "create", "-q", "-f", "vmdk", "-b", parent, "-F", "vmdk", child, cwd=vm)
         run("qemu-io", "-f", "vmdk", "-c", f"write -P {write} 64k", child, cwd=vm)
     (vm / "web01.vmx").write_text(VMX.format(name="web01", disk="web01-000002.vmdk"))
-    (vm / "web01.vmsd").write_text(
-        'snapshot.lastUID = "2"\nsnapshot.current = "2"\nsnapshot.numSnapshots = "2"\n'
-        'snapshot0.uid = "1"\nsnapshot0.displayName = "clean"\n'
-        'snapshot0.disk0.fileName = "web01.vmdk"\nsnapshot0.disk0.node = "scsi0:0"\n'
-        'snapshot1.uid = "2"\nsnapshot1.parent = "1"\nsnapshot1.displayName = "patched"\n'
-        'snapshot1.disk0.fileName = "web01-000001.vmdk"\nsnapshot1.disk0.node = "scsi0:0"\n')
+    (vm / "web01.vmsd").write_text(vmsd([("clean", "web01.vmdk"),
+                                          ("patched", "web01-000001.vmdk")]))
     # pvm: MBR, one Linux partition at 1 MiB holding an ext4 file system made on a file
     pvm = root / "pvm"
     pvm.mkdir()
