@@ -46,6 +46,13 @@ def vmsift(*args, timeout: int = 300) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
+def vmsift_ok(*args, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`vmsift` that must succeed (its stderr is the failure message)."""
+    out = vmsift(*args, timeout=timeout)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 @contextlib.contextmanager
 def dissect_vmfs(*paths, lvm: bool = True):
     """dissect.vmfs (AGPL, a test-only oracle) opened on a VMFS image: its LVM devices in any

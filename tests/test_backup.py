@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import require_tool, vmsift
+from tests.helpers import require_tool, vmsift, vmsift_ok as ok
 
 MIB = 1 << 20
 VMX = """.encoding = "UTF-8"
@@ -62,12 +62,6 @@ def qemu_io(disk: Path, *commands: str) -> None:
 def convert(disk: Path, out: Path, fmt: str = "vmdk") -> bytes:
     run("qemu-img", "convert", "-f", fmt, "-O", "raw", disk, out)
     return out.read_bytes()
-
-
-def ok(*args) -> subprocess.CompletedProcess:
-    out = vmsift(*args)
-    assert out.returncode == 0, out.stderr
-    return out
 
 
 def make_vm(folder: Path) -> None:

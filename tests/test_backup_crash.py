@@ -14,15 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ON_CI, ROOT, missing, vmsift
+from tests.helpers import ON_CI, ROOT, missing, vmsift, vmsift_ok as ok
 
 MIB = 1 << 20
-
-
-def ok(*args) -> subprocess.CompletedProcess:
-    out = vmsift(*args)
-    assert out.returncode == 0, out.stderr
-    return out
 
 
 def make_image(path: Path, mib: int, seed: int) -> None:

@@ -16,15 +16,9 @@ import pytest
 
 from tests.fixtures import ocfs2_kernel
 from tests.fixtures import vmfs_writer as W
-from tests.helpers import ROOT, missing, require_tool, vmsift
+from tests.helpers import ROOT, missing, require_tool, vmsift, vmsift_ok as ok
 
 MIB = 1 << 20
-
-
-def ok(*args) -> subprocess.CompletedProcess:
-    out = vmsift(*args)
-    assert out.returncode == 0, out.stderr
-    return out
 
 
 def qemu_raw(disk: Path, out: Path) -> bytes:

@@ -15,19 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, vmsift
+from tests.helpers import ROOT, vmsift, vmsift_ok as ok
 from vmsift.backup.retention import Policy, apply
 from vmsift.backup.snapshot import Snapshot
 from vmsift.errors import RepositoryError
 
 MIB = 1 << 20
 CELL = 64 << 10
-
-
-def ok(*args) -> subprocess.CompletedProcess:
-    out = vmsift(*args)
-    assert out.returncode == 0, out.stderr
-    return out
 
 
 @pytest.fixture

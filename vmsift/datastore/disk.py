@@ -55,10 +55,18 @@ class Link:
 
     def allocated(self) -> int:
         """Bytes this link itself stores on the datastore (DATA runs), from the map only;
-        0 for a raw device mapping, whose data is on its LUN."""
-        if isinstance(self.source, UnavailableSource):
-            return 0
-        return self.source.stored_bytes()
+        0 for a raw device mapping, whose data is on its LUN. Compressed grains
+        (streamOptimized) take no more than the file holding them, often far less than they
+        inflate to."""
+        total = 0
+        for part in self.parts:
+            if isinstance(part, UnavailableSource):
+                continue
+            n = part.stored_bytes()
+            if isinstance(part, sparse.SparseExtent) and part.compressed:
+                n = min(n, part.file.size)
+            total += n
+        return total
 
     def to_dict(self) -> dict[str, Any]:
         d = self.descriptor

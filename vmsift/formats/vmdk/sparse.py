@@ -298,12 +298,6 @@ class SparseExtent(ByteSource):
     def close(self) -> None:
         self.file.close()
 
-    def stored_bytes(self) -> int:
-        """Bytes the extent stores: its grains; compressed grains (streamOptimized) take no
-        more than the file holding them, often far less than they inflate to."""
-        grains = super().stored_bytes()
-        return min(grains, self.file.size) if self.compressed else grains
-
     def _record(self, offset: int, length: int, error: FormatError) -> None:
         """Salvage: note a range that reads as zeros because its grains are damaged."""
         if len(self.damaged) < 1000:
