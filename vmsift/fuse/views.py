@@ -285,9 +285,9 @@ def repository_tree(repo) -> Tree:
     latest: dict[str, str] = {}
     for snap in snapshots:  # oldest first
         when = snap.time.timestamp()
-        folder = by_id.add(unique_name(by_id.children(), snap.short_id),
-                           Dir(attrs=Attrs(0o555, 2, mtime=when, ctime=when),
-                               xattrs={"user.vmsift.snapshot": snap.id}))
+        short = unique_name(by_id.children(), snap.short_id)
+        folder = by_id.add(short, Dir(attrs=Attrs(0o555, 2, mtime=when, ctime=when),
+                                      xattrs={"user.vmsift.snapshot": snap.id}))
         vm = unique_name({}, snap.vm_name)
         folder.add(vm, Dir(lambda snap=snap: _backup_entries(repo, snap),
                            Attrs(0o555, 2, mtime=when, ctime=when),
@@ -295,7 +295,6 @@ def repository_tree(repo) -> Tree:
                             "user.vmsift.vm": json.dumps(snap.vm, sort_keys=True,
                                                          default=str)}))
         stamp = snap.time.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        short = next(n for n, c in by_id.children().items() if c is folder)
         by_time.add(unique_name(by_time.children(), stamp), Symlink(f"../snapshots/{short}"))
         latest[vm] = f"../snapshots/{short}/{vm}"
     top = root.add("latest", Dir())
