@@ -10,6 +10,7 @@ SYSTEM_PACKAGES=(
   python3 python3-venv python3-dev gcc pkg-config   # Python and what compiled wheels need
   qemu-utils                                        # qemu-img / qemu-io: test oracles for VMDK
   fuse3 libfuse3-dev                                # FUSE mounts (pyfuse3)
+  e2fsprogs                                         # debugfs/fsck.ext4: partition-file oracles
   ocfs2-tools                                       # mkfs/debugfs/fsck.ocfs2: OCFS2 oracles
   fdisk gdisk dosfstools                            # sfdisk/sgdisk/mkfs.vfat: partition oracles
   vmfs-tools vmfs6-tools                            # debugvmfs: VMFS oracles
@@ -30,7 +31,7 @@ fi
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -e '.[test,fuse]'
 
 if [ -z "${VMSIFT_SETUP_ONLY:-}" ]; then
   echo "setup: done. Main job: vmsift inspect examples/demo-vm"

@@ -33,6 +33,8 @@ COMMANDS: dict[str, str] = {
     "prune": "vmsift.cli.prune_cmd:prune_cmd",
     "unlock": "vmsift.cli.repo_cmd:unlock_cmd",
     "stats": "vmsift.cli.repo_cmd:stats_cmd",
+    "mount": "vmsift.cli.mount_cmd:mount",
+    "umount": "vmsift.cli.mount_cmd:umount",
 }
 
 
