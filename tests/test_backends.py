@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
 
 import pytest
 
@@ -179,3 +180,33 @@ def test_backup_restore_check_on_s3(s3_endpoint, bucket, proxy, tmp_path, monkey
     monkeypatch.setenv("VMSIFT_CACHE_DIR", str(tmp_path / "cache2"))
     out = vmsift("snapshots", "--json", "-r", repo)
     assert [s["vm"]["name"] for s in json.loads(out.stdout)["snapshots"]] == ["disk.img"]
+
+
+def test_two_clients_back_up_into_s3_at_once(s3_endpoint, bucket, tmp_path, monkeypatch):
+    import sys
+
+    from tests.helpers import ROOT
+
+    monkeypatch.setenv("VMSIFT_PASSWORD", "s3 pw")
+    repo = f"s3:{s3_endpoint}/{bucket}"
+    monkeypatch.setenv("VMSIFT_CACHE_DIR", str(tmp_path / "cache0"))
+    assert vmsift("init", "-r", repo).returncode == 0
+    disks = [tmp_path / "a.img", tmp_path / "b.img"]
+    for d in disks:
+        _make_disk(d)
+    children = [subprocess.Popen([sys.executable, "-m", "vmsift", "backup", "-r", repo, str(d),
+                                  "--host", f"host{i}"], cwd=ROOT, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 env={**os.environ, "VMSIFT_CACHE_DIR": str(tmp_path / f"c{i}")})
+                for i, d in enumerate(disks)]
+    for c in children:
+        _, err = c.communicate(timeout=300)
+        assert c.returncode == 0, err
+    out = vmsift("check", "-r", repo, "--read-data")
+    assert out.returncode == 0, out.stderr
+    snaps = json.loads(vmsift("snapshots", "--json", "-r", repo).stdout)["snapshots"]
+    assert sorted(s["host"] for s in snaps) == ["host0", "host1"]
+    for d in disks:
+        out = vmsift("restore", "-r", repo, f"latest:{d.name}", "--target", tmp_path / "out")
+        assert out.returncode == 0, out.stderr
+        assert (tmp_path / "out" / d.name).read_bytes() == d.read_bytes()
