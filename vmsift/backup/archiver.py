@@ -40,6 +40,8 @@ from .sources import open_source
 BLOCK = 4 << 20          # bytes read from a source at a time (whole cells)
 AHEAD = 8                # blocks read ahead of hashing; bounds memory to AHEAD * BLOCK
 SEAL_AHEAD = 32 << 20   # bytes of cells being sealed at once
+PUTTERS = 2             # packs stored at once (a local disk gains queue depth; S3 more)
+PUTS_AHEAD = 4          # packs (16 MiB each) waiting to be stored
 
 Progress = Callable[[int], None]
 
@@ -78,7 +80,7 @@ class BlobWriter:
         self.pending: set[bytes] = set()
         self._puts: collections.deque[concurrent.futures.Future] = collections.deque()
         self.packs_written = 0
-        self._uploader = concurrent.futures.ThreadPoolExecutor(1, "vmsift-put")
+        self._uploader = concurrent.futures.ThreadPoolExecutor(PUTTERS, "vmsift-put")
 
     def has(self, blob_id: bytes) -> bool:
         return blob_id in self.pending or self.repo.index.lookup(blob_id) is not None
@@ -102,7 +104,7 @@ class BlobWriter:
             return
         self._puts.append(self._uploader.submit(self._store, self.pack))
         self.pack = PackWriter(self.repo.keys)
-        while len(self._puts) > 2:  # at most two packs in memory waiting to be stored
+        while len(self._puts) > PUTS_AHEAD:  # packs in memory waiting to be stored
             self._take_put()
         if len(self.unindexed) + len(self._puts) >= INDEX_EVERY:
             self.flush_index()

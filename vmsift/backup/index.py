@@ -83,6 +83,11 @@ class IndexCache:
         db = getattr(self._local, "db", None)
         if db is None:
             db = self._local.db = sqlite3.connect(self.path, timeout=60)
+            # a cache, rebuilt from the repository if lost: no fsync per commit, and enough
+            # memory that lookups of a large repository's ids stay off the disk
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA cache_size = -65536")
+            db.execute("PRAGMA mmap_size = 268435456")
         return db
 
     def reset(self) -> None:
