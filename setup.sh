@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up vmsift on a fresh Debian machine: system packages, a venv with vmsift and its test
-# extras, then run the main job on the built-in example VM folder.
+# extras, then run the main job: the end-to-end demo (examples/demo.sh).
 # Usage: bash setup.sh            (as root, or with sudo available)
 #        VMSIFT_SETUP_ONLY=1 bash setup.sh   (install only, no demo run)
 set -euo pipefail
@@ -34,6 +34,7 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -e '.[test,fuse]'
 
 if [ -z "${VMSIFT_SETUP_ONLY:-}" ]; then
-  echo "setup: done. Main job: vmsift inspect examples/demo-vm"
-  .venv/bin/vmsift inspect examples/demo-vm
+  echo "setup: done. Main job: examples/demo.sh (a VM made with qemu-img, backed up, changed,"
+  echo "backed up again, compared, restored, checked)"
+  bash examples/demo.sh
 fi
