@@ -94,3 +94,17 @@ def atomic_output(out: str | os.PathLike, *, overwrite: bool = False, mode: int 
         if not done:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write all of ``data`` to ``fd`` (``os.write`` may take less than asked)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def write_file(out: str | os.PathLike, data: bytes, *, overwrite: bool = False,
+               mode: int = 0o644, sync: bool = True) -> None:
+    """``data`` as the file ``out``, published atomically (`atomic_output`)."""
+    with atomic_output(out, overwrite=overwrite, mode=mode, sync=sync) as fd:
+        write_all(fd, data)

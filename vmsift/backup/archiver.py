@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import datetime as dt
+import fnmatch
 import os
 import secrets
 import socket
@@ -408,8 +409,6 @@ def backup(repo: Repository, paths: list[str], *, vms: tuple[str, ...] = (),
     for the bytes of each disk. ``hints``: ``auto`` (use change hints), ``off`` (read every
     disk in full), ``verify`` (read in full and report what a hint missed). The caller
     holds a lock."""
-    import fnmatch
-
     emit = events or (lambda e: None)
     result = BackupResult()
     run_id = secrets.token_hex(8)
@@ -451,8 +450,6 @@ def _previous(snapshots: list[Snapshot], target) -> Snapshot | None:
 
 def _backup_target(repo, writer, target, kind, source, disk_globs, tags, host, run_id, emit,
                    progress, result, parent: Snapshot | None, hints: str) -> Snapshot:
-    import fnmatch
-
     started = time.monotonic()
     total = StreamStats()
     problems = list(target.warnings)

@@ -142,6 +142,28 @@ class IndexCache:
             "FROM blobs").fetchone()
         return n, stored, raw
 
+    # --- marks of the blobs snapshots use (prune), in a table of this connection ---------
+
+    def clear_used(self) -> None:
+        db = self._db()
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS used (id BLOB PRIMARY KEY) WITHOUT ROWID")
+        db.execute("DELETE FROM used")
+
+    def mark_used(self, ids: Iterable[bytes]) -> None:
+        self._db().executemany("INSERT OR IGNORE INTO used VALUES (?)", ((i,) for i in ids))
+
+    def is_used(self, blob_id: bytes) -> bool:
+        return self._db().execute("SELECT 1 FROM used WHERE id=?", (blob_id,)).fetchone() \
+            is not None
+
+    def pack_usage(self) -> dict[str, tuple[int, int]]:
+        """pack -> (stored bytes of its used blobs, of its unused ones)."""
+        rows = self._db().execute(
+            "SELECT pack, SUM(CASE WHEN u.id IS NULL THEN 0 ELSE length END), "
+            "SUM(CASE WHEN u.id IS NULL THEN length ELSE 0 END) "
+            "FROM blobs b LEFT JOIN used u ON u.id = b.id GROUP BY pack")
+        return {pack: (used, unused) for pack, used, unused in rows}
+
     def close(self) -> None:
         db = getattr(self._local, "db", None)
         if db is not None:

@@ -46,9 +46,7 @@ class PruneResult:
 
 
 def _mark(repo: Repository) -> None:
-    db = repo.index._db()
-    db.execute("CREATE TEMP TABLE IF NOT EXISTS used (id BLOB PRIMARY KEY) WITHOUT ROWID")
-    db.execute("DELETE FROM used")
+    repo.index.clear_used()
     seen_leaves: set[str] = set()
     for snap in repo.snapshots(from_store=True):
         for entry in [*snap.disks, *snap.files]:
@@ -62,17 +60,7 @@ def _mark(repo: Repository) -> None:
                 raw = repo.load_blob(leaf_id, cache=False)  # damaged: prune stops, unchanged
                 ids = [leaf_id] + [c for kind, _, c in decode_leaf(
                     raw, leaf_cells(i, cells), f"leaf {leaf[:16]}") if kind is Alloc.DATA]
-                db.executemany("INSERT OR IGNORE INTO used VALUES (?)", ((x,) for x in ids))
-    db.commit()
-
-
-def _pack_usage(repo: Repository) -> dict[str, tuple[int, int]]:
-    """pack -> (used bytes, unused bytes) of its blobs."""
-    rows = repo.index._db().execute(
-        "SELECT pack, SUM(CASE WHEN u.id IS NULL THEN 0 ELSE length END), "
-        "SUM(CASE WHEN u.id IS NULL THEN length ELSE 0 END) "
-        "FROM blobs b LEFT JOIN used u ON u.id = b.id GROUP BY pack")
-    return {pack: (used, unused) for pack, used, unused in rows}
+                repo.index.mark_used(ids)
 
 
 def prune(repo: Repository, max_unused: float = 0.05, dry_run: bool = False,
@@ -90,7 +78,7 @@ def prune(repo: Repository, max_unused: float = 0.05, dry_run: bool = False,
     stored = dict(repo.backend.list("data"))
     say("marking the blobs snapshots use")
     _mark(repo)
-    usage = _pack_usage(repo)
+    usage = repo.index.pack_usage()
     missing = [p for p in usage if p not in stored]
     if missing:
         raise RepositoryError(f"{len(missing)} pack(s) the index names are missing; run "
@@ -115,14 +103,13 @@ def prune(repo: Repository, max_unused: float = 0.05, dry_run: bool = False,
     if dry_run:
         return result
     # 3. repack: used blobs of the chosen packs into new packs (indexed on their own)
-    db = repo.index._db()
     if repack:
         say(f"repacking {len(repack)} pack(s)")
         writer = BlobWriter(repo)
         try:
             for pack in repack:
                 for e in repo.index.blobs_of(pack):
-                    if db.execute("SELECT 1 FROM used WHERE id=?", (e.id,)).fetchone():
+                    if repo.index.is_used(e.id):
                         data = repo.load_blob(e.id, cache=False)  # verified
                         writer.add(e.type, e.id, repo.keys.seal(data, e.id), e.raw_length)
             writer.finish()
@@ -136,7 +123,7 @@ def prune(repo: Repository, max_unused: float = 0.05, dry_run: bool = False,
     # every blob of a kept pack stays indexed, used or not: a later prune still counts it
     keep: dict[str, list[PackEntry]] = {
         pack: repo.index.blobs_of(pack)
-        for pack in sorted({p for p, in db.execute("SELECT DISTINCT pack FROM blobs")} - gone)}
+        for pack in sorted({p for p, _ in repo.index.packs()} - gone)}
     say("writing the new index")
     written = set()
     names = sorted(keep)

@@ -11,18 +11,17 @@ With ``repokey`` the keys are in ``keys/<name>`` (`crypto.seal_keys`), opened by
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import contextlib
 import datetime as dt
 import json
 import os
 import secrets
-import threading
 from collections.abc import Callable, Iterator
 
 from ..errors import IntegrityError, MissingObjectError, RepositoryError, SourceError
-from ..publish import atomic_output
+from ..cache import LruCache
+from ..publish import write_file
 from ..source import Alloc, ByteSource, Run, clip, merge_runs
 from . import index as index_mod
 from . import snapshot as snapshot_mod
@@ -43,6 +42,7 @@ CELL_SIZES = tuple(1 << n for n in range(12, 25))  # 4 KiB .. 16 MiB
 INDEX_EVERY = 16
 MAX_CONFIG = 1 << 20
 MAX_SNAPSHOT = 256 << 20
+BLOBS_CACHED = 64      # decoded chunks kept (small reads of one chunk after another)
 FETCH_SPAN = 8 << 20   # one read of a pack fetches neighbouring blobs up to this many bytes
 FETCH_GAP = 64 << 10   # and reads through gaps of unwanted blobs up to this size
 
@@ -73,8 +73,7 @@ class Repository:
         self.location = backend.location
         self.cache_dir = os.path.join(index_mod.cache_root(), self.id)
         self.index = index_mod.IndexCache(os.path.join(self.cache_dir, "index.sqlite"))
-        self._blob_cache: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
-        self._blob_lock = threading.Lock()
+        self._blob_cache = LruCache(BLOBS_CACHED)
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     # --- creating and opening ------------------------------------------------------------
@@ -221,18 +220,13 @@ class Repository:
 
     def load_blob(self, blob_id: bytes, *, cache: bool = True) -> bytes:
         """The verified plaintext of a blob."""
-        with self._blob_lock:
-            if blob_id in self._blob_cache:
-                self._blob_cache.move_to_end(blob_id)
-                return self._blob_cache[blob_id]
+        if (data := self._blob_cache.get(blob_id)) is not None:
+            return data
         pack, entry = self._locate(blob_id)
         data = self._open_blob(blob_id, pack, entry,
                                self.backend.get("data", pack, entry.offset, entry.length))
         if cache:
-            with self._blob_lock:
-                self._blob_cache[blob_id] = data
-                while len(self._blob_cache) > 64:
-                    self._blob_cache.popitem(last=False)
+            self._blob_cache.put(blob_id, data)
         return data
 
     def load_blobs(self, ids: list[bytes]) -> dict[bytes, bytes]:
@@ -293,8 +287,7 @@ class Repository:
                                      source=self.location)
             with contextlib.suppress(OSError, SourceError):
                 os.makedirs(os.path.dirname(cached), exist_ok=True)
-                with atomic_output(cached, overwrite=True, sync=False) as fd:
-                    os.write(fd, stored)
+                write_file(cached, stored, overwrite=True, sync=False)
         return snapshot_mod.decode(self.keys, stored, name)
 
     def snapshots(self, problems: list[str] | None = None, from_store: bool = False
@@ -345,25 +338,19 @@ class StreamSource(ByteSource):
         if len(stream.leaves) != -(-self.cells // LEAF_CELLS):
             raise IntegrityError(f"{name}: {len(stream.leaves)} manifest leaves for "
                                  f"{self.cells} cells")
-        self._leaves: collections.OrderedDict[int, list] = collections.OrderedDict()
-        self._lock = threading.Lock()
+        self._leaves = LruCache(self.LEAVES_CACHED)
 
     def leaf(self, i: int) -> list[tuple[int, int, Alloc, bytes | None]]:
         """(first cell, count, kind, id) records of leaf ``i``."""
-        with self._lock:
-            if i in self._leaves:
-                self._leaves.move_to_end(i)
-                return self._leaves[i]
+        return self._leaves.get_or(i, lambda: self._decode_leaf(i))
+
+    def _decode_leaf(self, i: int) -> list[tuple[int, int, Alloc, bytes | None]]:
         raw = self.repo.load_blob(bytes.fromhex(self.stream.leaves[i]), cache=False)
         records, cell = [], i * LEAF_CELLS
         for kind, count, chunk_id in decode_leaf(raw, leaf_cells(i, self.cells),
                                                  f"{self.name}: manifest leaf {i}"):
             records.append((cell, count, kind, chunk_id))
             cell += count
-        with self._lock:
-            self._leaves[i] = records
-            while len(self._leaves) > self.LEAVES_CACHED:
-                self._leaves.popitem(last=False)
         return records
 
     def records(self, start: int, end: int) -> Iterator[tuple[int, int, Alloc, bytes | None]]:
@@ -416,11 +403,3 @@ class StreamSource(ByteSource):
             out.append(data[a:b])
         return b"".join(out)
 
-
-@contextlib.contextmanager
-def opened(location: str, password=None) -> Iterator[Repository]:
-    repo = Repository.open(location, password)
-    try:
-        yield repo
-    finally:
-        repo.close()

@@ -25,7 +25,7 @@ from ..datastore.export import export_raw
 from ..errors import SourceError, UnsupportedError
 from ..formats import dictfile
 from ..formats.vmdk import writer as vmdk_writer
-from ..publish import atomic_output
+from ..publish import write_file
 from .repository import Repository
 from .snapshot import DiskEntry, Snapshot
 
@@ -89,8 +89,7 @@ def _write_flat_descriptor(entry: DiskEntry, out: str, flat_name: str, overwrite
         filename=flat_name, capacity_sectors=sectors, create_type="monolithicFlat", cid=cid,
         adapter=_adapter(entry), hw_version=_hw(entry), disk_uuid=uuid,
         long_content_prefix=hashlib.blake2b(uuid, digest_size=12).digest(), extent_type="FLAT")
-    with atomic_output(out, overwrite=overwrite) as fd:
-        os.write(fd, text)
+    write_file(out, text, overwrite=overwrite)
 
 
 def restore_disk(repo: Repository, snap: Snapshot, entry: DiskEntry, out_dir: str, *,
@@ -163,8 +162,7 @@ def restore_vm(repo: Repository, snap: Snapshot, out_dir: str, *, fmt: str = "ra
         with repo.open_file(snap, f.name) as src:
             if vmware and f.name.lower().endswith(".vmx"):
                 data = _rewrite_vmx(src.read_all(64 << 20, "vmx"), names, f.name)
-                with atomic_output(path, overwrite=overwrite) as fd:
-                    os.write(fd, data)
+                write_file(path, data, overwrite=overwrite)
             else:
                 export_raw(src, path, overwrite=overwrite, sync=False)
         mode = (f.mode or 0o644) & 0o777

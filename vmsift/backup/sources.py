@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..datastore.disk import open_disk
 from ..datastore.volume import Volume
 from ..errors import UnsupportedError, VmsiftError
 from ..source import ByteSource, FileSource
@@ -55,11 +56,14 @@ def _is_vmdk(path: str) -> bool:
 
 
 def _identity_now(volume: Volume, before: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``before`` with each file's size, mtime and file id as they are now."""
+    from ..datastore.vm import file_identity
+
     out = []
     for item in before:
         try:
-            st = volume.lookup(item["path"])
-            out.append({**item, "size": st.size, "mtime": st.mtime, "file_id": st.inode})
+            out.append(file_identity(volume, item["path"], **{
+                k: v for k, v in item.items() if k not in ("path", "size", "mtime", "file_id")}))
         except VmsiftError as e:
             out.append({**item, "error": str(e)})
     return out
@@ -103,18 +107,15 @@ def _vm_targets(volume: Volume, problems: list[str]) -> list[Target]:
 
 
 def _bare_disk(volume: Volume, rel: str, source: str) -> Target:
-    from ..datastore.vm import VmDisk, _disk_facts, _file_identity
-    from ..datastore.disk import open_disk
+    from ..datastore.vm import VmDisk, read_disk
 
-    with open_disk(volume, rel, strict=False) as d:
-        vd = VmDisk("disk", rel, None, d.size, chain=[link.path for link in d.chain],
-                    facts=_disk_facts(d))
-        identity = [_file_identity(volume, link.path, role="descriptor") for link in d.chain]
-        identity += [_file_identity(volume, f, role="extent")
-                     for link in d.chain for f in link.extent_files if f != link.path]
-    plan = DiskPlan(_disk_name(vd, set()), None, rel,
-                    lambda: open_disk(volume, rel, strict=False), vd.facts, identity,
-                    recheck=lambda: _identity_now(volume, identity))
+    disk = read_disk(volume, VmDisk("disk", rel, None))
+    if disk.problem and not disk.chain:
+        raise VmsiftError(disk.problem, source=source)
+    facts = {**disk.facts, "chain": disk.chain, "change_tracking": disk.change_tracking}
+    plan = DiskPlan(_disk_name(disk, set()), None, rel,
+                    lambda: open_disk(volume, rel, strict=False), facts, disk.identity,
+                    recheck=lambda: _identity_now(volume, disk.identity))
     name = os.path.basename(source)
     return Target({"kind": "disk", "name": name, "uuid": None, "config": None, "folder": ""},
                   [], [plan], volume)

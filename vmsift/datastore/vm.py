@@ -92,7 +92,8 @@ def _read(volume: Volume, path: str) -> bytes:
         return src.read_all(MAX_CONFIG, "configuration file")
 
 
-def _file_identity(volume: Volume, path: str, **known: Any) -> dict[str, Any]:
+def file_identity(volume: Volume, path: str, **known: Any) -> dict[str, Any]:
+    """What tells a later run whether the file ``path`` changed (with ``known`` facts)."""
     st = volume.lookup(path)  # the cheap stat: no locks or RDM facts
     return {"path": path, **known, "size": st.size, "mtime": st.mtime, "file_id": st.inode}
 
@@ -125,25 +126,25 @@ def _change_tracking(volume: Volume, disk: VirtualDisk) -> tuple[dict[str, Any] 
         return {"path": name, "error": str(e)}, None
 
 
-def _vmware_disk(volume: Volume, vmx_dir: str, device: vmx_mod.Device) -> VmDisk:
-    disk = VmDisk(device.id, None, device.mode)
+def read_disk(volume: Volume, disk: VmDisk) -> VmDisk:
+    """Fill ``disk`` (its ``path`` set) from its chain: capacity, chain, allocated bytes,
+    facts, identity and change tracking; what cannot be read goes to ``problem``."""
     try:
-        disk.path = volume.resolve(vmx_dir, device.backing)
         with open_disk(volume, disk.path, strict=False) as d:
             disk.capacity = d.size
             disk.chain = [link.path for link in d.chain]
             disk.allocated = sum(link.allocated() for link in d.chain)
             disk.facts = _disk_facts(d)
             for link in d.chain:
-                disk.identity.append(_file_identity(
+                disk.identity.append(file_identity(
                     volume, link.path, role="descriptor",
                     cid=None if link.cid is None else f"{link.cid:08x}",
                     long_content_id=link.descriptor.ddb_get("longContentID")))
-                disk.identity += [_file_identity(volume, f, role="extent")
+                disk.identity += [file_identity(volume, f, role="extent")
                                   for f in link.extent_files if f != link.path]
             disk.change_tracking, ctk_path = _change_tracking(volume, d)
             if ctk_path:
-                disk.identity.append(_file_identity(volume, ctk_path, role="change tracking"))
+                disk.identity.append(file_identity(volume, ctk_path, role="change tracking"))
             problems = list(d.warnings)
             if rdm := d.chain[0].raw_device_map():
                 problems.append(f"raw device mapping ({rdm['mode']}); the data is on its LUN")
@@ -151,6 +152,16 @@ def _vmware_disk(volume: Volume, vmx_dir: str, device: vmx_mod.Device) -> VmDisk
     except VmsiftError as e:
         disk.problem = str(e)
     return disk
+
+
+def _vmware_disk(volume: Volume, vmx_dir: str, device: vmx_mod.Device) -> VmDisk:
+    disk = VmDisk(device.id, None, device.mode)
+    try:
+        disk.path = volume.resolve(vmx_dir, device.backing)
+    except VmsiftError as e:
+        disk.problem = str(e)
+        return disk
+    return read_disk(volume, disk)
 
 
 #: files of a VM folder that are not its small files: disks (stored as disks) and swap
@@ -232,7 +243,7 @@ def _oraclevm(volume: Volume, path: str) -> VmRecord:
             with volume.open(disk.path) as src:
                 disk.capacity, disk.allocated = src.size, src.stored_bytes()
                 disk.chain = [disk.path]
-                disk.identity = [_file_identity(volume, disk.path, role="image")]
+                disk.identity = [file_identity(volume, disk.path, role="image")]
                 disk.facts = {"capacity": src.size, "create_type": "raw image"}
         disks.append(disk)
     vm = VmRecord("oraclevm", cfg.simple_name or cfg.name, path, cfg.uuid, disks)

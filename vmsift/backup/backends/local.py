@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 
 from ...errors import MissingObjectError, RepositoryError, SourceError
-from ...publish import atomic_output
+from ...publish import write_file
 from . import KINDS, Backend, TransientError
 
 _TRANSIENT = {errno.EINTR, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.ESTALE}
@@ -105,10 +105,7 @@ class LocalBackend(Backend):
         if os.path.exists(path):
             return
         try:
-            with atomic_output(path, mode=0o444) as fd:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+            write_file(path, data, mode=0o444)
         except SourceError as e:
             if os.path.exists(path):  # another writer stored the same object meanwhile
                 return
