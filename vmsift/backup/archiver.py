@@ -19,6 +19,7 @@ import concurrent.futures
 import datetime as dt
 import fnmatch
 import os
+import posixpath
 import secrets
 import socket
 import time
@@ -26,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..datastore.disk import open_disk
+from ..datastore.vm import VmDisk, read_disk
 from ..datastore.volume import Volume
 from ..errors import VmsiftError
 from ..source import Alloc, ByteSource
@@ -33,10 +36,10 @@ from .chunker import cell_count, segments
 from .manifest import LEAF_CELLS, LeafBuilder, leaf_cells
 from .pack import MAX_BLOBS, BlobType, PackEntry, PackWriter
 from .repository import INDEX_EVERY, Repository
-from .snapshot import DiskEntry, FileEntry, Snapshot, Stream
+from .snapshot import DiskEntry, FileEntry, LinkEntry, Snapshot, Stream
 from .diff import changed_ranges
 from .hints import Hint, choose
-from .sources import open_source
+from .sources import TreeFile, disk_tree, identity_now, open_source
 
 BLOCK = 4 << 20          # bytes read from a source at a time (whole cells)
 AHEAD = 8                # blocks read ahead of hashing; bounds memory to AHEAD * BLOCK
@@ -359,36 +362,103 @@ def _missed(base, new, changed: list[tuple[int, int]], cell: int) -> list[tuple[
     return missed
 
 
-def _store_disk(repo: Repository, writer: BlobWriter, plan, volume, parent: DiskEntry | None,
-                hints: str, progress: Progress | None) -> tuple[DiskEntry, StreamStats]:
-    """Store one disk, reading what the best change hint says may have changed (``hints``:
+def _best_hint(volume: Volume | None, facts: dict, identity: list, src: ByteSource,
+               candidates: list[DiskEntry | None], cell: int) -> tuple[Hint, DiskEntry | None]:
+    """The first candidate (the disk in the previous backup, then the parent file of its
+    snapshot tree) with a hint that narrows the read, and that hint; the notes are the first
+    candidate's and the winner's."""
+    first = choose(volume, facts, identity, src, candidates[0], cell)
+    if first.changed is not None:
+        return first, candidates[0]
+    for other in candidates[1:]:
+        if other is not None:
+            hint = choose(volume, {}, identity, src, other, cell)
+            if hint.changed is not None and hint.kind != "identity":
+                return Hint(hint.kind, hint.changed, first.notes + hint.notes), other
+    return first, None
+
+
+def _store_hinted(repo: Repository, writer: BlobWriter, src: ByteSource, name: str,
+                  facts: dict, identity: list, volume: Volume | None,
+                  candidates: list[DiskEntry | None], hints: str, progress: Progress | None
+                  ) -> tuple[Stream, StreamStats, dict[str, Any]]:
+    """Store ``src``, reading what the best change hint says may have changed (``hints``:
     ``auto``, ``off`` to read all, ``verify`` to read all and report what a hint missed)."""
     notes: dict[str, Any] = {}
+    hint, against = _best_hint(volume, facts, identity, src, candidates, repo.cell_size)
+    base = repo.open_stream(against.stream, against.name) if against is not None else None
+    if hints == "off":
+        hint = Hint("none", None, ["--no-hints: read in full"])
+    if hints == "verify" or hint.changed is None:
+        stream, stats = store_stream(repo, writer, src, progress)
+    else:
+        stream, stats = store_stream(repo, writer, src, progress, base, hint.changed)
+    if hints == "verify" and base is not None and hint.changed is not None:
+        writer.flush_pack()
+        writer.flush_index()  # the new chunks must be indexed to read the new stream
+        missed = _missed(base, repo.open_stream(stream, name), hint.changed, repo.cell_size)
+        notes["hint_missed"] = [{"offset": o, "length": n} for o, n in missed]
+    return stream, stats, {**stats.to_dict(), "hint": hint.kind, "hint_notes": hint.notes,
+                           **notes}
+
+
+def _unchanged_while_read(identity: list[dict[str, Any]], now: list[dict[str, Any]],
+                          path: str | None) -> None:
+    changed = _changed(identity, now)
+    if changed:
+        raise VmsiftError("changed while it was read (" + ", ".join(changed) + "); not "
+                          "recorded: back up a stable copy or a snapshot", source=path)
+
+
+def _store_disk(repo: Repository, writer: BlobWriter, plan, volume, parent: DiskEntry | None,
+                below: DiskEntry | None, hints: str, progress: Progress | None
+                ) -> tuple[DiskEntry, StreamStats]:
+    """Store one disk at its current state; ``below`` is the stored parent file of its
+    snapshot tree (``--chain``), a second base for the chain hint."""
     with plan.open() as src:
-        hint = choose(volume, plan.facts, plan.identity, src, parent, repo.cell_size)
-        base = repo.open_stream(parent.stream, parent.name) if parent and hint.changed is not None \
-            else None
-        if hints == "off":
-            hint = Hint("none", None, ["--no-hints: read in full"])
-        if hints == "verify" or hint.changed is None:
-            stream, stats = store_stream(repo, writer, src, progress)
-        else:
-            stream, stats = store_stream(repo, writer, src, progress, base, hint.changed)
-        if hints == "verify" and base is not None and hint.changed is not None:
-            writer.flush_pack()
-            writer.flush_index()  # the new chunks must be indexed to read the new stream
-            missed = _missed(base, repo.open_stream(stream, plan.name), hint.changed,
-                             repo.cell_size)
-            notes["hint_missed"] = [{"offset": o, "length": n} for o, n in missed]
+        stream, stats, record = _store_hinted(repo, writer, src, plan.name, plan.facts,
+                                              plan.identity, volume, [parent, below], hints,
+                                              progress)
     if plan.recheck:
-        changed = _changed(plan.identity, plan.recheck())
-        if changed:
-            raise VmsiftError("changed while it was read (" + ", ".join(changed) + "); not "
-                              "recorded: back up a stable copy or a snapshot",
-                              source=plan.path)
-    record = {**stats.to_dict(), "hint": hint.kind, "hint_notes": hint.notes, **notes}
+        _unchanged_while_read(plan.identity, plan.recheck(), plan.path)
     return DiskEntry(plan.name, plan.device, plan.path, stream, plan.facts, plan.identity,
                      record), stats
+
+
+def _as_entry(link: LinkEntry) -> DiskEntry:
+    """A tree file in the shape change hints compare against."""
+    return DiskEntry(link.name, None, link.path, link.stream, {}, link.identity)
+
+
+def _store_links(repo: Repository, writer: BlobWriter, volume: Volume, folder: str,
+                 tree: list[TreeFile], top: str, parent: DiskEntry | None, hints: str,
+                 total: StreamStats) -> dict[str, LinkEntry]:
+    """Store every file of a disk's snapshot tree but its current ``top``, parents first,
+    each as the disk reads with that file on top: a file the previous backup stored and that
+    is unchanged is reused (identity hint), a new one reads only its own grains (chain)."""
+    before = {link.path: link for link in parent.links} if parent else {}
+    stored: dict[str, LinkEntry] = {}
+    for node in tree:
+        if node.path == top:
+            continue
+        disk = read_disk(volume, VmDisk("link", node.path, None))
+        if not disk.chain:
+            raise VmsiftError(f"snapshot-tree file {node.path} cannot be read: {disk.problem}")
+        candidates = [_as_entry(before[node.path]) if node.path in before else None,
+                      _as_entry(stored[node.parent]) if node.parent in stored else None]
+        with open_disk(volume, node.path, strict=False) as src:
+            stream, stats, record = _store_hinted(repo, writer, src, node.path, {},
+                                                  disk.identity, volume, candidates, hints,
+                                                  None)
+        _unchanged_while_read(disk.identity, identity_now(volume, disk.identity), node.path)
+        if record["hint"] != "identity":
+            writer.flush_pack()
+            writer.flush_index()  # its leaves are read as the base of the files above it
+        total.add(stats)
+        stored[node.path] = LinkEntry(node.path, posixpath.relpath(node.path, folder or "."),
+                                      node.parent, disk.facts.get("cid"), node.snapshots,
+                                      stream, disk.identity, record)
+    return stored
 
 
 def _store_file(repo: Repository, writer: BlobWriter, volume: Volume, name: str, path: str
@@ -401,14 +471,15 @@ def _store_file(repo: Repository, writer: BlobWriter, volume: Volume, name: str,
 
 def backup(repo: Repository, paths: list[str], *, vms: tuple[str, ...] = (),
            disks: tuple[str, ...] = (), tags: tuple[str, ...] = (), host: str | None = None,
-           hints: str = "auto", events: Events | None = None,
+           hints: str = "auto", chain: bool = False, events: Events | None = None,
            progress: Callable[[str, int], Progress | None] | None = None) -> BackupResult:
     """Back up the VMs of the source ``paths`` (one source: a path, or several devices of a
     spanned volume). ``vms`` and ``disks`` (shell patterns) narrow what is taken. ``events``
     receives one dict per VM and disk done; ``progress(label, total)`` may give a callback
     for the bytes of each disk. ``hints``: ``auto`` (use change hints), ``off`` (read every
-    disk in full), ``verify`` (read in full and report what a hint missed). The caller
-    holds a lock."""
+    disk in full), ``verify`` (read in full and report what a hint missed). ``chain`` also
+    stores every file of each disk's snapshot tree (the disk at each .vmsd snapshot), so
+    that the tree can be restored. The caller holds a lock."""
     emit = events or (lambda e: None)
     result = BackupResult()
     run_id = secrets.token_hex(8)
@@ -430,7 +501,7 @@ def backup(repo: Repository, paths: list[str], *, vms: tuple[str, ...] = (),
             for target in chosen:
                 parent = _previous(earlier, target)
                 snap = _backup_target(repo, writer, target, kind, source, disks, tags, host,
-                                      run_id, emit, progress, result, parent, hints)
+                                      run_id, emit, progress, result, parent, hints, chain)
                 result.snapshots.append(snap)
         writer.finish()
     except BaseException:
@@ -449,7 +520,8 @@ def _previous(snapshots: list[Snapshot], target) -> Snapshot | None:
 
 
 def _backup_target(repo, writer, target, kind, source, disk_globs, tags, host, run_id, emit,
-                   progress, result, parent: Snapshot | None, hints: str) -> Snapshot:
+                   progress, result, parent: Snapshot | None, hints: str,
+                   chain: bool) -> Snapshot:
     started = time.monotonic()
     total = StreamStats()
     problems = list(target.warnings)
@@ -469,7 +541,23 @@ def _backup_target(repo, writer, target, kind, source, disk_globs, tags, host, r
             bar = progress(what, plan.facts.get("capacity") or 0) if progress else None
             before = next((d for d in parent.disks if d.name == plan.name and
                            d.device == plan.device), None) if parent else None
-            entry, stats = _store_disk(repo, writer, plan, target.volume, before, hints, bar)
+            links: dict[str, LinkEntry] = {}
+            tree: list[TreeFile] = []
+            if chain and target.volume is not None and plan.facts.get("chain"):
+                tree, notes = disk_tree(target.volume, plan.path, plan.points)
+                problems += [f"disk {plan.name}: {n}" for n in notes]
+                links = _store_links(repo, writer, target.volume, target.vm["folder"], tree,
+                                     plan.path, before, hints, total)
+            top = next((t for t in tree if t.path == plan.path), None)
+            below = links.get(top.parent) if top and top.parent else None
+            entry, stats = _store_disk(repo, writer, plan, target.volume, before,
+                                       _as_entry(below) if below else None, hints, bar)
+            if top:
+                links[top.path] = LinkEntry(
+                    top.path, posixpath.relpath(top.path, target.vm["folder"] or "."),
+                    top.parent, plan.facts.get("cid"), top.snapshots, entry.stream,
+                    plan.identity, {"same_as": "disk"})
+                entry.links = [links[t.path] for t in tree]
         except VmsiftError as e:
             problems.append(f"disk {plan.name} ({plan.device}) not backed up: {e}")
             emit({"event": "disk", "vm": target.vm["name"], "disk": plan.name,
@@ -480,6 +568,9 @@ def _backup_target(repo, writer, target, kind, source, disk_globs, tags, host, r
         emit({"event": "disk", "vm": target.vm["name"], "disk": plan.name,
               "stats": stats.to_dict(), "hint": entry.stats["hint"],
               "hint_notes": entry.stats["hint_notes"],
+              **({"links": [{"name": link.name, "snapshots": link.snapshots,
+                             "hint": link.stats.get("hint"), "read": link.stats.get("read")}
+                            for link in entry.links]} if entry.links else {}),
               **({"hint_missed": entry.stats["hint_missed"]}
                  if "hint_missed" in entry.stats else {})})
     files: list[FileEntry] = []

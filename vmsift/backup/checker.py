@@ -99,9 +99,9 @@ def check(repo: Repository, read_data: bool = False,
     blame = _Blame(repo, bad_packs, bad_blobs, damaged)
     checked_leaves: dict[bytes, set[str]] = {}
     for snap in snapshots:
-        for kind, entry in [("disk", d) for d in snap.disks] + [("file", f) for f in snap.files]:
-            where = f"snapshot {snap.short_id} VM {snap.vm_name!r} {kind} {entry.name!r}"
-            for label in _check_stream(blame, entry.stream, checked_leaves):
+        for kind, name, stream in snap.streams():
+            where = f"snapshot {snap.short_id} VM {snap.vm_name!r} {kind} {name!r}"
+            for label in _check_stream(blame, stream, checked_leaves):
                 affects.setdefault(label, set()).add(where)
     result.counts["snapshots"] = len(snapshots)
     for label, why in damaged.items():

@@ -49,8 +49,7 @@ def _mark(repo: Repository) -> None:
     repo.index.clear_used()
     seen_leaves: set[str] = set()
     for snap in repo.snapshots(from_store=True):
-        for entry in [*snap.disks, *snap.files]:
-            stream = entry.stream
+        for _, _, stream in snap.streams():
             cells = cell_count(stream.size, stream.cell_size)
             for i, leaf in enumerate(stream.leaves):
                 if leaf in seen_leaves:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,26 @@ class Stream:
 
 
 @dataclass
+class LinkEntry:
+    """One file of a disk's snapshot tree (``backup --chain``): the disk as it reads with
+    this file on top of its parents."""
+
+    path: str                       # volume path of the file
+    name: str                       # relative to the VM's folder: the name it restores under
+    parent: str | None              # volume path of the parent file; None for the base
+    cid: str | None                 # the file's CID (8 hex digits)
+    snapshots: list[int]            # uids of the .vmsd snapshots whose disk this file holds
+    stream: Stream
+    identity: list[dict[str, Any]] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "name": self.name, "parent": self.parent, "cid": self.cid,
+                "snapshots": self.snapshots, **self.stream.to_dict(),
+                "identity": self.identity, "stats": self.stats}
+
+
+@dataclass
 class DiskEntry:
     name: str                       # the name it restores under (base disk file name)
     device: str | None              # scsi0:0, xvda ...
@@ -42,15 +63,36 @@ class DiskEntry:
     facts: dict[str, Any] = field(default_factory=dict)
     identity: list[dict[str, Any]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+    links: list[LinkEntry] = field(default_factory=list)  # the snapshot tree, parents first
 
     @property
     def size(self) -> int:
         return self.stream.size
 
+    def link(self, wanted: str) -> LinkEntry:
+        """A link of the tree by volume path, name, or .vmsd snapshot uid or display name."""
+        for link in self.links:
+            if wanted in (link.path, link.name) or (wanted.isdigit() and
+                                                     int(wanted) in link.snapshots):
+                return link
+        raise RepositoryError(f"disk {self.name} has no snapshot-tree file or snapshot "
+                              f"{wanted!r}" + ("" if self.links else
+                                               " (it was not backed up with --chain)"))
+
+    def at(self, wanted: str) -> DiskEntry:
+        """The disk as it was at a .vmsd snapshot (uid) or with a tree file (path or name)
+        on top, restorable like the disk itself (under the name of that file)."""
+        link = self.link(wanted)
+        return DiskEntry(posixpath.basename(link.name), self.device, link.path, link.stream,
+                         {**self.facts, "cid": link.cid}, link.identity)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "device": self.device, "path": self.path,
-                **self.stream.to_dict(), "facts": self.facts, "identity": self.identity,
-                "stats": self.stats}
+        out = {"name": self.name, "device": self.device, "path": self.path,
+               **self.stream.to_dict(), "facts": self.facts, "identity": self.identity,
+               "stats": self.stats}
+        if self.links:
+            out["links"] = [link.to_dict() for link in self.links]
+        return out
 
 
 @dataclass
@@ -100,6 +142,15 @@ class Snapshot:
         raise RepositoryError(f"snapshot {self.short_id} has no disk {wanted!r} (disks: "
                               f"{names})")
 
+    def streams(self) -> list[tuple[str, str, Stream]]:
+        """(kind, label, stream) of every stream the snapshot names: its disks, the files of
+        their snapshot trees, its small files."""
+        out = []
+        for d in self.disks:
+            out.append(("disk", d.name, d.stream))
+            out += [("link", f"{d.name}@{link.name}", link.stream) for link in d.links]
+        return out + [("file", f.name, f.stream) for f in self.files]
+
     def file(self, wanted: str) -> FileEntry:
         for f in self.files:
             if f.name == wanted:
@@ -124,6 +175,12 @@ def _stream(d: dict[str, Any]) -> Stream:
     return Stream(int(d["size"]), int(d["cell_size"]), list(d["leaves"]))
 
 
+def _link(d: dict[str, Any]) -> LinkEntry:
+    return LinkEntry(d["path"], d["name"], d.get("parent"), d.get("cid"),
+                     [int(u) for u in d.get("snapshots", [])], _stream(d),
+                     d.get("identity", []), d.get("stats", {}))
+
+
 def decode(keys: Keys, stored: bytes, name: str) -> Snapshot:
     raw = keys.unseal(stored, SNAPSHOT_AAD, f"snapshot {name[:8]}")
     try:
@@ -136,7 +193,8 @@ def decode(keys: Keys, stored: bytes, name: str) -> Snapshot:
             vm=d["vm"], tags=d.get("tags", []), run=d.get("run"),
             problems=d.get("problems", []), stats=d.get("stats", {}),
             disks=[DiskEntry(x["name"], x.get("device"), x.get("path"), _stream(x),
-                             x.get("facts", {}), x.get("identity", []), x.get("stats", {}))
+                             x.get("facts", {}), x.get("identity", []), x.get("stats", {}),
+                             [_link(y) for y in x.get("links", [])])
                    for x in d["disks"]],
             files=[FileEntry(x["name"], _stream(x), x.get("mode"), x.get("mtime"))
                    for x in d["files"]])

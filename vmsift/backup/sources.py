@@ -33,6 +33,16 @@ class DiskPlan:
     identity: list[dict[str, Any]] = field(default_factory=list)
     problem: str | None = None
     recheck: Callable[[], list[dict[str, Any]]] | None = None  # identity again, after
+    points: dict[int, str] = field(default_factory=dict)  # .vmsd uid -> the disk's file then
+
+
+@dataclass
+class TreeFile:
+    """One file of a disk's snapshot tree."""
+
+    path: str                       # volume path
+    parent: str | None              # volume path of its parent; None for the base
+    snapshots: list[int]            # uids of the .vmsd snapshots whose disk it holds
 
 
 @dataclass
@@ -55,7 +65,7 @@ def _is_vmdk(path: str) -> bool:
         descriptor.sniff(head)
 
 
-def _identity_now(volume: Volume, before: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def identity_now(volume: Volume, before: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``before`` with each file's size, mtime and file id as they are now."""
     from ..datastore.vm import file_identity
 
@@ -67,6 +77,56 @@ def _identity_now(volume: Volume, before: list[dict[str, Any]]) -> list[dict[str
         except VmsiftError as e:
             out.append({**item, "error": str(e)})
     return out
+
+
+def _points(volume: Volume, vm, device: str, warnings: list[str]) -> dict[int, str]:
+    """uid -> volume path of the file holding disk ``device`` at each .vmsd snapshot."""
+    out = {}
+    for snap in vm.snapshots:
+        for d in snap.get("disks", []):
+            if d.get("node") == device and d.get("filename") and snap.get("uid") is not None:
+                try:
+                    out[int(snap["uid"])] = volume.resolve(vm.folder, d["filename"])
+                except VmsiftError as e:
+                    warnings.append(f"snapshot {snap['uid']} disk {device}: {e}")
+    return out
+
+
+def disk_tree(volume: Volume, top: str, points: dict[int, str]) -> tuple[list[TreeFile],
+                                                                          list[str]]:
+    """Every file of the snapshot tree of the disk whose current file is ``top``: the chains
+    of ``top`` and of the disk's file at each snapshot (``points``), parents first; and
+    warnings for snapshot files that are missing or belong to another disk."""
+    warnings: list[str] = []
+    parents: dict[str, str | None] = {}
+    owners: dict[str, list[int]] = {}
+    base = None
+    for uid, path in [(None, top), *sorted(points.items())]:
+        try:
+            with open_disk(volume, path, strict=False) as disk:
+                chain = [link.path for link in disk.chain]
+        except VmsiftError as e:
+            warnings.append(f"snapshot {uid}: {e}")
+            continue
+        if base is None:
+            base = chain[-1]
+        elif chain[-1] != base:
+            warnings.append(f"snapshot {uid}: {path} is not a file of this disk's tree (its "
+                            f"base is {chain[-1]}, not {base})")
+            continue
+        for child, parent in zip(chain, [*chain[1:], None]):
+            parents.setdefault(child, parent)
+        if uid is not None:
+            owners.setdefault(path, []).append(uid)
+
+    def depth(path: str) -> int:
+        n = 0
+        while (path := parents[path]) is not None:
+            n += 1
+        return n
+
+    order = sorted(parents, key=lambda p: (depth(p), p))
+    return [TreeFile(p, parents[p], owners.get(p, [])) for p in order], warnings
 
 
 def _disk_name(vm_disk, taken: set[str]) -> str:
@@ -95,7 +155,8 @@ def _vm_targets(volume: Volume, problems: list[str]) -> list[Target]:
                 plan.problem = d.problem
             else:
                 plan.open = lambda d=d: open_vm_disk(volume, d, strict=False)
-                plan.recheck = lambda d=d: _identity_now(volume, d.identity)
+                plan.recheck = lambda d=d: identity_now(volume, d.identity)
+                plan.points = _points(volume, vm, d.device, vm.warnings)
                 if d.problem:
                     plan.facts["warning"] = d.problem
             disks.append(plan)
@@ -115,7 +176,7 @@ def _bare_disk(volume: Volume, rel: str, source: str) -> Target:
     facts = {**disk.facts, "chain": disk.chain, "change_tracking": disk.change_tracking}
     plan = DiskPlan(_disk_name(disk, set()), None, rel,
                     lambda: open_disk(volume, rel, strict=False), facts, disk.identity,
-                    recheck=lambda: _identity_now(volume, disk.identity))
+                    recheck=lambda: identity_now(volume, disk.identity))
     name = os.path.basename(source)
     return Target({"kind": "disk", "name": name, "uuid": None, "config": None, "folder": ""},
                   [], [plan], volume)

@@ -26,11 +26,20 @@ def _line(e: dict) -> str:
                 f"{human_size(s['size'])}, read "
                 f"{human_size(s['read'])}, skipped {human_size(s['skipped'] + s['zero'])} "
                 f"zero/hole, reused {human_size(s['reused'])}, new {human_size(s['new'])} "
-                f"stored as {human_size(s['stored'])}, {s['seconds']:.1f} s")
+                f"stored as {human_size(s['stored'])}, {s['seconds']:.1f} s" + _tree(e))
     s = e["stats"]
     return (f"snapshot {e['short_id']} saved: VM {e['vm']}, {e['disks']} disk(s), "
             f"{e['files']} file(s), {human_size(s['new'])} new, {human_size(s['stored'])} "
             f"stored, {s['seconds']:.1f} s")
+
+
+def _tree(e: dict) -> str:
+    links = e.get("links")
+    if not links:
+        return ""
+    read = sum(link["read"] or 0 for link in links[:-1])
+    return (f"; snapshot tree of {len(links)} file(s), {human_size(read)} read for the files "
+            f"below the current one")
 
 
 @click.command("backup")
@@ -47,12 +56,15 @@ def _line(e: dict) -> str:
 @click.option("--no-hints", is_flag=True, help="Read every disk in full (no change hints).")
 @click.option("--verify-hints", is_flag=True,
               help="Read every disk in full anyway and report any block a hint missed.")
+@click.option("--chain", is_flag=True,
+              help="Also keep each disk's snapshot tree: the disk at every snapshot of the "
+                   "VM's .vmsd (restore --chain rebuilds it).")
 @retry_lock_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line per event.")
 def backup_cmd(repo_path: str, password_file: str | None, source: str, spans: tuple[str, ...],
                vms: tuple[str, ...], disks: tuple[str, ...], tags: tuple[str, ...],
-               host: str | None, no_hints: bool, verify_hints: bool, retry_lock: str | None,
-               as_json: bool) -> None:
+               host: str | None, no_hints: bool, verify_hints: bool, chain: bool,
+               retry_lock: str | None, as_json: bool) -> None:
     """Back up SOURCE: a VMFS/OCFS2 image (bare, partitioned, spanned with --span), a
     datastore or VM folder, or one VMDK or raw disk image. Each disk is stored flattened at
     its current state; a disk that cannot be read is reported and skipped (exit 10). A disk
@@ -79,7 +91,7 @@ def backup_cmd(repo_path: str, password_file: str | None, source: str, spans: tu
             repo.lock(exclusive=False, wait=parse_duration(retry_lock)), bars:
         hints = "verify" if verify_hints else "off" if no_hints else "auto"
         result = backup(repo, [source, *spans], vms=vms, disks=disks, tags=tags, host=host,
-                        hints=hints, events=events, progress=progress)
+                        hints=hints, chain=chain, events=events, progress=progress)
     for p in result.problems:
         click.echo(f"warning: {p}", err=True)
     if result.partial:

@@ -91,23 +91,42 @@ def format_uuid(raw: bytes) -> str:
     return " ".join(pairs[:8]) + "-" + " ".join(pairs[8:])
 
 
+@dataclass(frozen=True)
+class Parent:
+    """The parent of a delta disk: its file name as the delta names it, and its CID."""
+
+    hint: str
+    cid: int
+
+
+def _quotable(name: str) -> str:
+    if re.search(r'["\x00-\x1f\x7f]', name):
+        raise UnsupportedError(f"output name {name!r} cannot be written in a descriptor "
+                               f"(quote or control character)", source=name)
+    return name
+
+
 def build_descriptor(*, filename: str, capacity_sectors: int, create_type: str, cid: int,
                      adapter: str, hw_version: str, disk_uuid: bytes,
-                     long_content_prefix: bytes, extent_type: str = "SPARSE") -> bytes:
+                     long_content_prefix: bytes, extent_type: str = "SPARSE",
+                     parent: Parent | None = None) -> bytes:
     """The descriptor text: header, one extent (SPARSE for the embedded descriptor of our
-    sparse files; FLAT, at offset 0, for a ``monolithicFlat`` descriptor), the disk database."""
-    if re.search(r'["\x00-\x1f\x7f]', filename):
-        raise UnsupportedError(f"output name {filename!r} cannot be written in a descriptor "
-                               f"(quote or control character)", source=filename)
+    sparse files; FLAT, at offset 0, for a ``monolithicFlat`` descriptor), the disk database.
+    A delta names its ``parent`` (parentCID, parentFileNameHint)."""
+    _quotable(filename)
     cyl, heads, spt = geometry(capacity_sectors, adapter)
     long_id = long_content_prefix.hex() + f"{cid:08x}"
+    parent_lines = "parentCID=ffffffff\n" if parent is None else (
+        f"parentCID={parent.cid:08x}\n")
+    hint_line = "" if parent is None else f'parentFileNameHint="{_quotable(parent.hint)}"\n'
     text = (
         "# Disk DescriptorFile\n"
         "version=1\n"
         'encoding="UTF-8"\n'
         f"CID={cid:08x}\n"
-        "parentCID=ffffffff\n"
+        f"{parent_lines}"
         f'createType="{create_type}"\n'
+        f"{hint_line}"
         "\n"
         "# Extent description\n"
         f'RW {capacity_sectors} {extent_type} "{filename}"{" 0" if extent_type == "FLAT" else ""}\n'
@@ -126,7 +145,7 @@ def build_descriptor(*, filename: str, capacity_sectors: int, create_type: str, 
     return text.encode("utf-8")
 
 
-def _random_cid() -> int:
+def random_cid() -> int:
     while True:  # ffffffff means "no parent", fffffffe "never written": avoid both
         cid = secrets.randbits(32)
         if cid < 0xFFFFFFFE:
@@ -208,16 +227,17 @@ def _read_block(src: ByteSource, offset: int, length: int) -> bytes:
 Piece = tuple[int, bytes, int]  # (grain number, bytes to write, data bytes held)
 
 
-def _raw_grains(offset: int, data: bytes) -> tuple[list[Piece], int]:
-    """Non-zero grains of a block as raw 64 KiB pieces (the last one zero-padded)."""
-    if data == _ZERO_BLOCK[:len(data)]:
+def _raw_grains(offset: int, data: bytes, keep_zeros: bool = False) -> tuple[list[Piece], int]:
+    """Non-zero grains of a block as raw 64 KiB pieces (the last one zero-padded); all
+    grains with ``keep_zeros`` (a delta's zero grain hides its parent's data)."""
+    if not keep_zeros and data == _ZERO_BLOCK[:len(data)]:
         return [], -(-len(data) // GRAIN)
     out: list[Piece] = []
     zeros = 0
     for i in range(0, len(data), GRAIN):
         piece = data[i:i + GRAIN]  # a copy, but bytes compare far faster than memoryviews
         held = len(piece)
-        if piece == _ZERO_BLOCK[:held]:
+        if not keep_zeros and piece == _ZERO_BLOCK[:held]:
             zeros += 1
             continue
         if held < GRAIN:
@@ -397,8 +417,8 @@ def write_vmdk(src: ByteSource, out_path: str | os.PathLike,
                subformat: Subformat = "monolithicSparse", *, adapter: str = "lsilogic",
                hw_version: int | str = 4, overwrite: bool = False,
                progress: Callable[[int], None] | None = None, threads: int | None = None,
-               level: int = 6, cid: int | None = None,
-               disk_uuid: bytes | None = None) -> VmdkWriteStats:
+               level: int = 6, cid: int | None = None, disk_uuid: bytes | None = None,
+               parent: Parent | None = None) -> VmdkWriteStats:
     """Write ``src`` as a single-file VMDK at ``out_path``; return what was written.
 
     ``subformat`` is ``monolithicSparse`` (raw grains, redundant grain directory) or
@@ -408,7 +428,9 @@ def write_vmdk(src: ByteSource, out_path: str | os.PathLike,
     ``threads`` bounds the compression pool (default: CPU count). ``level`` is the zlib level
     of streamOptimized grains. ``cid``/``disk_uuid`` fix the content id and ``ddb.uuid``
     (random by default; ``ddb.longContentID`` is derived from both, so fixing both makes the
-    output byte for byte reproducible). The file appears under its name only when complete.
+    output byte for byte reproducible). With ``parent`` the file is a monolithicSparse delta
+    of it: every DATA grain of ``src`` is stored, zeros too, and HOLE falls through to the
+    parent. The file appears under its name only when complete.
     """
     if subformat not in SUBFORMATS:
         raise UnsupportedError(f"subformat {subformat!r} is not one of {', '.join(SUBFORMATS)}")
@@ -418,6 +440,8 @@ def write_vmdk(src: ByteSource, out_path: str | os.PathLike,
         raise UnsupportedError(f"hardware version {hw_version!r} is not a small number")
     if cid is not None and not 0 <= cid < 0xFFFFFFFE:
         raise UnsupportedError(f"CID {cid:#x} is reserved or out of range")
+    if parent is not None and subformat != "monolithicSparse":
+        raise UnsupportedError("only a monolithicSparse VMDK can be a delta of a parent")
     if disk_uuid is not None and len(disk_uuid) != 16:
         raise UnsupportedError("disk uuid must be 16 bytes")
     out = os.fspath(out_path)
@@ -427,18 +451,18 @@ def write_vmdk(src: ByteSource, out_path: str | os.PathLike,
     if capacity > MAX_CAPACITY_SECTORS:
         raise UnsupportedError(f"a disk of {src.size} bytes is beyond the {MAX_CAPACITY_SECTORS}"
                                f" sectors vmsift writes as VMDK", source=src.name)
-    cid = _random_cid() if cid is None else cid
+    cid = random_cid() if cid is None else cid
     disk_uuid = disk_uuid or b"\x60\x00\xc2" + secrets.token_bytes(13)
     descriptor = build_descriptor(
         filename=os.path.basename(out), capacity_sectors=capacity, create_type=subformat,
         cid=cid, adapter=adapter, hw_version=str(hw_version), disk_uuid=disk_uuid,
-        long_content_prefix=hashlib.blake2b(disk_uuid, digest_size=12).digest())
+        long_content_prefix=hashlib.blake2b(disk_uuid, digest_size=12).digest(), parent=parent)
 
     with atomic_output(out, overwrite=overwrite) as fd:
         layout_cls = _StreamOptimized if subformat == "streamOptimized" else _MonolithicSparse
         layout = layout_cls(fd, out, capacity, descriptor)
         grains, data_bytes, zeros = _pump(src, layout, subformat, capacity * SECTOR,
-                                          progress, threads, level)
+                                          progress, threads, level, parent is not None)
         layout.finish()
         file_size = os.fstat(fd).st_size
     return VmdkWriteStats(subformat, capacity * SECTOR, capacity, file_size, grains,
@@ -447,7 +471,7 @@ def write_vmdk(src: ByteSource, out_path: str | os.PathLike,
 
 def _pump(src: ByteSource, layout: _Layout, subformat: str, capacity_bytes: int,
           progress: Callable[[int], None] | None, threads: int | None,
-          level: int) -> tuple[int, int, int]:
+          level: int, keep_zeros: bool) -> tuple[int, int, int]:
     """Read DATA blocks in order, find and (for streams) compress grains in a pool, append.
 
     At most ``threads + 2`` blocks (and never more than MAX_INFLIGHT) are in flight, so
@@ -458,7 +482,8 @@ def _pump(src: ByteSource, layout: _Layout, subformat: str, capacity_bytes: int,
         def job(offset: int, data: bytes) -> tuple[list[Piece], int]:
             return _compressed_grains(offset, data, level)
     else:
-        job = _raw_grains
+        def job(offset: int, data: bytes) -> tuple[list[Piece], int]:
+            return _raw_grains(offset, data, keep_zeros)
     grains = data_bytes = zeros = 0
     done_to = 0  # progress reported up to this virtual offset
     inflight: collections.deque = collections.deque()
