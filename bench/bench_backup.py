@@ -14,6 +14,12 @@ its own, then:
 3. restores the second backup (time, MiB/s, whether the output is sparse, and whether the
    restored flat extent has the source's sha256).
 
+vmsift also (4) backs the disk up again with VMware change tracking beside it (a
+``-ctk.vmdk`` that marks the same changed blocks: the ``ctk`` hint reads only them; restic and
+borg have no change hints, so their incremental of step 2 is the peer figure), and (5) makes
+the first backup and the restore through its S3 backend into moto's S3 server on 127.0.0.1
+(``--no-s3`` skips it; run the script with the venv's python, which has boto3 and moto).
+
 The disk is put back as it was before the next tool runs, so every tool sees the same bytes.
 Then each tool backs up a never-written thin disk (``--thin-size``, 50 GiB: one hole), and
 vmsift alone a mostly-empty ``--big-size`` disk (2 TiB) to show its memory does not grow with
@@ -34,7 +40,8 @@ and ``--compression zstd,3`` (default chunker, and ``--chunker-params fixed,4194
 vmsift is run as ``--vmsift PATH`` (default: this checkout's ``.venv/bin/vmsift``, else
 ``/work/main/.venv/bin/vmsift``); when it has no ``backup`` command yet the vmsift columns
 read "not available". A command that fails is reported with its command line and error text
-and the other tools go on. Only the standard library is needed.
+and the other tools go on. Steps 1-3 need only the standard library; 4 and 5 import the test
+fixtures (CTK writer, moto server) and boto3.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests.fixtures: the CTK writer, moto's S3 server
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 CHANGE = 64 * KiB  # the size of each scattered write between the two backups
 SEED = 20261203
@@ -474,6 +482,30 @@ class Vmsift(Tool):
                                             "--target", str(target), "--format", "raw"])
 
 
+class S3Vmsift(Tool):
+    """vmsift with its repository at an S3 URL (moto's credentials in the environment)."""
+
+    def __init__(self, local: Vmsift, url: str):
+        self.local, self.url, self.name = local, url, f"{local.name}-s3"
+        super().__init__(local.work)
+
+    def env(self) -> dict[str, str]:
+        from tests.fixtures.s3 import CREDENTIALS
+        return {**self.local.env(), **CREDENTIALS}
+
+    def init(self) -> None:
+        self.run("init", [self.local.exe, "init", "-r", self.url, "--encryption",
+                          self.local.encryption], timed=False)
+
+    def backup(self, folder: str, snap: str) -> Run:
+        return self.run(f"backup-{snap}", [self.local.exe, "backup", "-r", self.url, folder])
+
+    def restore(self, snap: str, target: Path) -> Run:
+        return self.run(f"restore-{snap}", [self.local.exe, "restore", "-r", self.url,
+                                            "latest", "--target", str(target), "--format",
+                                            "raw"])
+
+
 def make_tools(work: Path, families: set[str], vmsift: str, borg_encrypted: bool) -> list[Tool]:
     tools: list[Tool] = [
         Restic(work),
@@ -527,6 +559,75 @@ def bench_main(tool: Tool, src: Source, res: Result, verify: str) -> None:
         v.update(restore_s=r.seconds, restore_sync_s=sync_s, restore_rss=r.rss,
                  restore_load=r.load, restore_mibs=size / MiB / r.seconds,
                  restore_alloc=allocated(out), restore_equal=sha256(out) == verify)
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+        src.undo()
+
+
+def set_ctk(src: Source, changes: dict[int, int] | None) -> None:
+    """Give the disk a change-tracking file (``changes``: 64 KiB block -> sequence; every
+    written block starts at 1) or, with None, take it away."""
+    from tests.fixtures.ctk_writer import build_ctk
+
+    desc, ctk = src.folder / "disk.vmdk", src.folder / "disk-ctk.vmdk"
+    text = desc.read_text().replace('changeTrackPath="disk-ctk.vmdk"\n', "")
+    if changes is None:
+        ctk.unlink(missing_ok=True)
+        desc.write_text(text)
+        return
+    ctk.write_bytes(build_ctk(src.layout.size // 512, CHANGE // 512, changes))
+    desc.write_text(text + 'changeTrackPath="disk-ctk.vmdk"\n')
+
+
+def bench_hinted(tool: Tool, src: Source, res: Result) -> None:
+    """vmsift's incremental with a change hint: the disk has VMware change tracking (CTK),
+    the same 5% is changed and the CTK marks those blocks; only they are read. (restic and
+    borg have no change hints: their incremental of the same change is the one above.)"""
+    layout = src.layout
+    written = {b: 1 for i, kind in enumerate(layout.kinds) if kind != "hole"
+               for b in range(i * MiB // CHANGE, (i + 1) * MiB // CHANGE)}
+    set_ctk(src, written)
+    try:
+        tool.fresh()
+        tool.init()
+        tool.backup("vm", "ctk-first")
+        repo1 = du_sb(tool.repo)
+        changed = src.change()
+        set_ctk(src, {**written, **{off // CHANGE: 2 for off in layout.changes()}})
+        r = tool.backup("vm", "ctk-second")
+        res.values.update(ctk_incr_s=r.seconds, ctk_incr_rss=r.rss,
+                          ctk_growth_vs_changed=(du_sb(tool.repo) - repo1) / changed)
+    finally:
+        src.undo()
+        set_ctk(src, None)
+
+
+def bench_s3(tool: Tool, src: Source, res: Result, verify: str) -> None:
+    """The main workload's first backup and restore through the S3 backend, into moto's S3
+    server on 127.0.0.1 (in memory), beside the local backend's rows."""
+    from tests.fixtures.s3 import CREDENTIALS, moto_command, moto_server
+
+    if moto_command() is None:
+        raise RuntimeError("moto_server is not installed (pip install 'moto[server]')")
+    src.change()
+    target = tool.work / "restore" / f"{tool.name}-s3"
+    try:
+        with moto_server() as endpoint:
+            import boto3
+            boto3.client("s3", endpoint_url=endpoint, **{
+                k.lower(): v for k, v in CREDENTIALS.items() if k != "AWS_DEFAULT_REGION"},
+                region_name="us-east-1").create_bucket(Bucket="bench")
+            s3 = S3Vmsift(tool, f"s3:{endpoint}/bench/vmsift")
+            s3.init()
+            r = s3.backup("vm", "s3-first")
+            res.values.update(s3_first_s=r.seconds, s3_first_rss=r.rss,
+                              s3_first_logical_mibs=src.layout.size / MiB / r.seconds)
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True)
+            r = s3.restore("s3-first", target)
+            out = find_restored(target, src.layout.size)
+            res.values.update(s3_restore_s=r.seconds, s3_restore_rss=r.rss,
+                              s3_restore_equal=sha256(out) == verify)
     finally:
         shutil.rmtree(target, ignore_errors=True)
         src.undo()
@@ -595,6 +696,16 @@ ROWS = [  # (key, label, format)
     ("restore_rss", "restore, peak RSS MiB", mib),
     ("restore_alloc", "restored disk allocated, MiB (du)", mib),
     ("restore_equal", "restored disk = source (sha256)", lambda b: "yes" if b else "**NO**"),
+    ("ctk_incr_s", "incremental with change tracking (CTK hint), s", "{:.1f}"),
+    ("ctk_incr_rss", "incremental with CTK, peak RSS MiB", mib),
+    ("ctk_growth_vs_changed", "incremental with CTK, growth / changed bytes", "{:.1f}x"),
+    ("s3_first_s", "first backup into S3 (moto on 127.0.0.1), s", "{:.1f}"),
+    ("s3_first_logical_mibs", "first backup into S3, MiB/s of the logical size", "{:.0f}"),
+    ("s3_first_rss", "first backup into S3, peak RSS MiB", mib),
+    ("s3_restore_s", "restore from S3, s", "{:.1f}"),
+    ("s3_restore_rss", "restore from S3, peak RSS MiB", mib),
+    ("s3_restore_equal", "restored from S3 = source (sha256)",
+     lambda b: "yes" if b else "**NO**"),
     ("thin_s", "thin disk (one hole) backup, s", "{:.1f}"),
     ("thin_rss", "thin disk backup, peak RSS MiB", mib),
     ("thin_repo", "thin disk repository, MiB", mib),
@@ -660,6 +771,8 @@ def parse_args() -> argparse.Namespace:
                     help="never-written thin disk backed up by each tool (0: skip)")
     ap.add_argument("--big-size", type=parse_size, default=parse_size("2T"),
                     help="mostly-empty disk backed up by vmsift only (0: skip)")
+    ap.add_argument("--no-s3", action="store_true",
+                    help="skip vmsift's backup and restore through S3 (moto)")
     ap.add_argument("--borg-encrypted", action="store_true",
                     help="also run borg with -e repokey-blake2")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
@@ -712,6 +825,10 @@ def main() -> None:
             res.values.update({f"{k}_missing": "n/a" for k, _, _ in ROWS})
             continue
         steps = [("main", lambda: bench_main(tool, src, res, verify))]
+        if tool.family == "vmsift":
+            steps.append(("hinted", lambda: bench_hinted(tool, src, res)))
+            if not args.no_s3 and tool.name == "vmsift":
+                steps.append(("s3", lambda: bench_s3(tool, src, res, verify)))
         if thin:
             steps.append(("thin", lambda: bench_thin(tool, thin, res)))
         if big and tool.family == "vmsift":
