@@ -179,3 +179,26 @@ def test_restore_chain_of_a_flattened_backup_says_what_to_do(tmp_path, cache):
     backup_json(repo, vm)
     out = vmsift("restore", "-r", repo, "latest", "--chain", "--target", tmp_path / "r")
     assert out.returncode == 7 and "back it up with `vmsift backup --chain`" in out.stderr
+
+
+def test_repository_mount_shows_the_tree(tmp_path, cache):
+    """`mount -r`: `<disk>.tree/` holds the disk with each tree file on top, as qemu-img
+    reads that file of the source, marked with its .vmsd snapshots."""
+    import os
+
+    from tests.test_fuse import mounted
+
+    vm, repo = tmp_path / "vm", tmp_path / "repo"
+    make_tree_vm(vm)
+    ok("init", "-r", repo, "--encryption", "repokey")
+    backup_json(repo, vm, "--chain")
+    with mounted(tmp_path, "-r", repo) as mnt:
+        tree = mnt / "latest" / "web" / "web.tree"
+        assert sorted(p.name for p in tree.iterdir()) == sorted(
+            n.replace(".vmdk", ".raw") for n in TREE)
+        for name in TREE:
+            raw = tree / name.replace(".vmdk", ".raw")
+            assert raw.read_bytes() == convert(vm / name, tmp_path / "q.raw"), name
+        assert os.getxattr(tree / "web-000001.raw", "user.vmsift.snapshots") == b"2"
+        assert os.getxattr(tree / "web-000003.raw", "user.vmsift.parent").endswith(
+            b"web-000002.vmdk")

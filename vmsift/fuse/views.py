@@ -303,6 +303,25 @@ def repository_tree(repo) -> Tree:
     return Tree(root, name=f"vmsift:{repo.location}")
 
 
+def _tree_dir(repo, snap, disk) -> Dir:
+    """``<disk>.tree/``: the disk with each file of its snapshot tree on top (`backup
+    --chain`), one ``<file>.raw`` each, named by the file and marked with its snapshots."""
+    when = snap.time.timestamp()
+    folder = Dir(attrs=Attrs(0o555, 2, mtime=when, ctime=when),
+                 xattrs={"user.vmsift.snapshot": snap.id})
+    for link in disk.links:
+        name = unique_name(folder.children(),
+                           posixpath.splitext(posixpath.basename(link.name))[0] + ".raw")
+        folder.add(name, File(
+            lambda link=link: repo.open_stream(link.stream, f"{snap.short_id}:{snap.vm_name}/"
+                                                            f"{link.name}"),
+            link.stream.size, Attrs(0o444, mtime=when, ctime=when),
+            {"user.vmsift.snapshot": snap.id, "user.vmsift.path": link.path,
+             "user.vmsift.parent": link.parent or "", "user.vmsift.cid": link.cid or "",
+             "user.vmsift.snapshots": " ".join(str(u) for u in link.snapshots)}))
+    return folder
+
+
 def _backup_entries(repo, snap) -> Iterator[tuple[str, Node]]:
     when = snap.time.timestamp()
     for disk in snap.disks:
@@ -323,6 +342,8 @@ def _backup_entries(repo, snap) -> Iterator[tuple[str, Node]]:
             warn(f"snapshot {snap.short_id}: disk {disk.name}: {e}")
             continue
         yield from _partition_files(opener, stem, disk.size, table)
+        if disk.links:
+            yield f"{stem}.tree", _tree_dir(repo, snap, disk)
     for entry in snap.files:
         mtime = entry.mtime if entry.mtime is not None else when
         yield entry.name.replace("/", "_"), File(
