@@ -14,6 +14,12 @@ one run, each figure the best of ``--repeat``:
   ``POSIX_FADV_RANDOM`` (what a random reader asks for) and with the default readahead;
 * the same through a ``--direct-io`` mount (no page cache: each read goes to vmsift).
 
+* a backed-up disk read through mounts of backup repositories: the flattened disk exported
+  as a sparse raw file and backed up by restic (``restic mount``) and borg (``borg mount``,
+  ``-e none``, zstd), and the VM backed up by vmsift (``vmsift mount -r``,
+  ``snapshots/<id>/<vm>/<disk>.raw``); sequential 1 MiB and random 4 KiB reads through each,
+  each tool's repository files cold (evicted) before each pass (``--no-peers`` skips this).
+
     .venv/bin/python bench/bench_fuse.py [--workdir DIR] [--size-mib 1024] [--repeat 3]
 
 Prints a Markdown table for docs/benchmarks.md; the target is a sequential ratio >= 0.70.
@@ -37,8 +43,8 @@ VMSIFT = [sys.executable, "-m", "vmsift"]
 RANDOM_READS = 4000
 
 
-def run(*cmd: str, cwd: Path | None = None) -> None:
-    subprocess.run(cmd, check=True, capture_output=True, cwd=cwd)
+def run(*cmd: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, cwd=cwd, env=env)
 
 
 def make_datastore(root: Path, size: int) -> None:
@@ -111,11 +117,107 @@ def best(n: int, measure) -> float:
     return max(measure() for _ in range(n))
 
 
+def wait_for(path: Path, proc: subprocess.Popen | None = None, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"the mount for {path} ended ({proc.returncode})")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{path} did not appear")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def backup_mount(tool: str, repo: Path, mnt: Path, env: dict[str, str]):
+    """Mount ``repo`` of ``tool`` (restic, borg, vmsift) at ``mnt``; yield the restored
+    disk's path inside it."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    proc = None
+    if tool == "restic":
+        proc = subprocess.Popen(["restic", "-r", str(repo), "mount", str(mnt)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        disk = next_file(mnt / "snapshots" / "latest", proc, "bench.raw")
+    elif tool == "borg":
+        run("borg", "mount", f"{repo}::a", str(mnt), env=env)
+        disk = next_file(mnt, None, "bench.raw")
+    else:
+        subprocess.run([*VMSIFT, "mount", "-r", str(repo), str(mnt)], check=True, cwd=ROOT,
+                       env=env)
+        disk = next_file(mnt / "latest" / "bench", None, "bench.raw")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
+        if proc is not None:
+            proc.wait(30)
+        while os.path.ismount(mnt):
+            time.sleep(0.05)
+
+
+def next_file(top: Path, proc: subprocess.Popen | None, name: str) -> Path:
+    """The first file called ``name`` below ``top`` (backup tools keep the source's path)."""
+    wait_for(top, proc)
+    for dirpath, _, files in os.walk(top):
+        if name in files:
+            return Path(dirpath) / name
+    raise SystemExit(f"no {name} below {top}")
+
+
+def backups(work: Path, datastore: Path, size: int) -> dict[str, tuple[Path, dict[str, str]]]:
+    """The disk in a restic, a borg and a vmsift repository (made once per workdir)."""
+    flat = work / "flat"
+    flat.mkdir(exist_ok=True)
+    if not (flat / "bench.raw").exists():
+        subprocess.run([*VMSIFT, "disk", "export", str(datastore / "bench" / "bench-000001.vmdk"),
+                        str(flat / "bench.raw")], check=True, cwd=ROOT, capture_output=True)
+    base = {**os.environ, "RESTIC_PASSWORD": "bench", "RESTIC_CACHE_DIR": str(work / "rcache"),
+            "BORG_BASE_DIR": str(work / "bcache"),
+            "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
+            "VMSIFT_PASSWORD": "bench", "VMSIFT_CACHE_DIR": str(work / "vcache")}
+    repos = {name: work / f"repo-{name}" for name in ("restic", "borg", "vmsift")}
+    if not repos["restic"].exists():
+        run("restic", "init", "-r", str(repos["restic"]), env=base)
+        run("restic", "-r", str(repos["restic"]), "backup", "bench.raw", cwd=flat, env=base)
+    if not repos["borg"].exists():
+        run("borg", "init", "-e", "none", str(repos["borg"]), env=base)
+        run("borg", "create", "--compression", "zstd,3", f"{repos['borg']}::a", "bench.raw",
+            cwd=flat, env=base)
+    if not repos["vmsift"].exists():
+        subprocess.run([*VMSIFT, "init", "-r", str(repos["vmsift"]), "--encryption", "none"],
+                       check=True, cwd=ROOT, env=base, capture_output=True)
+        subprocess.run([*VMSIFT, "backup", "-r", str(repos["vmsift"]), str(datastore / "bench")],
+                       check=True, cwd=ROOT, env=base, capture_output=True)
+    return {name: (repo, base) for name, repo in repos.items()}
+
+
+def peer_mounts(work: Path, datastore: Path, size: int, offsets: list[int],
+                repeat: int) -> list[str]:
+    rows = []
+    for tool, (repo, env) in backups(work, datastore, size).items():
+        def measure(fn) -> float:
+            with backup_mount(tool, repo, work / f"mnt-{tool}", env) as path:
+                drop_cache(repo)
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    return fn(lambda at, n: os.pread(fd, n, at))
+                finally:
+                    os.close(fd)
+
+        seq = best(repeat, lambda: measure(lambda r: sequential(r, size)))
+        rand = best(repeat, lambda: measure(lambda r: scattered(r, offsets)))
+        rows.append(f"| {tool} | {seq:.0f} MB/s | {rand:.0f} reads/s |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-peers", action="store_true",
+                        help="skip the restic / borg / vmsift backup-repository mounts")
+    parser.add_argument("--only-peers", action="store_true",
+                        help="only the backup-repository mounts")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="vmsift-bench-fuse-"))
     size = args.size_mib * MiB
@@ -127,6 +229,15 @@ def main() -> None:
 
     rng = random.Random(7)
     offsets = [rng.randrange(size // 4096) * 4096 for _ in range(RANDOM_READS)]
+    if not args.no_peers:
+        rows = peer_mounts(work, datastore, size, offsets, args.repeat)
+        print(f"| {args.size_mib} MiB backed-up disk, through the tool's mount | sequential "
+              f"1 MiB reads, repository cold | random 4 KiB reads |")
+        print("|---|---|---|")
+        print("\n".join(rows))
+        print()
+    if args.only_peers:
+        return
     volume = FolderVolume(str(datastore))
     with open_disk(volume, "bench/bench-000001.vmdk") as disk:
         sequential(disk.read, size)  # warm the host page cache for both sides
