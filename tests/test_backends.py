@@ -92,6 +92,8 @@ def test_contract_put_get_list_delete(backend):
     assert backend.exists("data", NAME) and not backend.exists("data", "ef" * 32)
     backend.put("data", NAME, b"other bytes")             # put-if-absent: the first stays
     assert backend.get("data", NAME) == payload
+    backend.flush()                                       # every put is durable after it
+    backend.flush()
     with pytest.raises(RepositoryError, match="short|shorter"):
         backend.get("data", NAME, len(payload) - 10, 20)  # reaching past the end
     with pytest.raises(MissingObjectError):
@@ -210,3 +212,53 @@ def test_two_clients_back_up_into_s3_at_once(s3_endpoint, bucket, tmp_path, monk
         out = vmsift("restore", "-r", repo, f"latest:{d.name}", "--target", tmp_path / "out")
         assert out.returncode == 0, out.stderr
         assert (tmp_path / "out" / d.name).read_bytes() == d.read_bytes()
+
+
+def test_local_packs_are_flushed_before_an_index_and_a_cut_pack_is_rewritten(tmp_path,
+                                                                              monkeypatch):
+    """A pack is fsynced by flush (not by put); the repository flushes before it stores an
+    index; a pack left short by a crash before its flush is written again by the next put."""
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    b = LocalBackend(str(tmp_path / "repo"))
+    b.create()
+    payload = os.urandom(70000)
+    b.put("data", NAME, payload)
+    assert synced == []                                   # writeback started, not waited for
+    b.flush()
+    assert len(synced) == 2                               # the pack, then its folder
+    b.flush()
+    assert len(synced) == 2                               # nothing left to flush
+    path = tmp_path / "repo" / "data" / NAME[:2] / NAME
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:                          # what a power loss may leave
+        f.truncate(4096)
+    b.put("data", NAME, payload)
+    assert b.get("data", NAME) == payload
+    b.put("index", "cd" * 32, b"index")                   # other objects: durable at once
+    assert len(synced) == 4
+
+
+def test_repository_flushes_packs_before_each_index(tmp_path, monkeypatch):
+    from vmsift.backup.repository import Repository
+
+    calls: list[str] = []
+    real_put, real_flush = LocalBackend.put, LocalBackend.flush
+    monkeypatch.setattr(LocalBackend, "put", lambda self, kind, name, data: (
+        calls.append(kind), real_put(self, kind, name, data))[1])
+    monkeypatch.setattr(LocalBackend, "flush", lambda self: (calls.append("flush"),
+                                                            real_flush(self))[1])
+    monkeypatch.setenv("VMSIFT_CACHE_DIR", str(tmp_path / "cache"))
+    src = tmp_path / "disk.raw"
+    src.write_bytes(os.urandom(1 << 20))
+    repo = Repository.init(str(tmp_path / "repo"), encryption="none")
+    from vmsift.backup.archiver import backup
+    with repo.lock(exclusive=False):
+        backup(repo, [str(src)])
+    repo.close()
+    assert "index" in calls and "data" in calls
+    for i, kind in enumerate(calls):
+        if kind == "index":                  # no pack put since the last flush
+            last_flush = max(j for j in range(i) if calls[j] == "flush")
+            assert "data" not in calls[last_flush:i]

@@ -196,6 +196,7 @@ class Repository:
     def write_index(self, packs: dict[str, list[PackEntry]]) -> str:
         stored = index_mod.encode(self.keys, packs)
         name = object_name(stored)
+        self.backend.flush()  # the packs it names are durable before it is
         self.backend.put("index", name, stored)
         self.index.add(name, packs)
         return name

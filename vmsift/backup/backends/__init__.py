@@ -4,7 +4,8 @@ store, and wrappers stacked on them (`retry.RetryBackend`).
 Objects are named by kind (``config``, ``keys``, ``data``, ``index``, ``snapshots``,
 ``locks``) and name (hex). Every object is immutable: `put` creates it atomically (a reader
 never sees part of it) and leaves an existing object of that name alone, so a repeated put
-is harmless (names are content hashes). Backends raise `TransientError` for failures worth
+is harmless (names are content hashes). Packs may become durable only at `flush`, which
+the repository calls before it stores an index naming them. Backends raise `TransientError` for failures worth
 retrying (a dropped connection, a busy server) and `RepositoryError` for the rest;
 `MissingObjectError` when an object is not there.
 """
@@ -37,8 +38,13 @@ class Backend:
         raise NotImplementedError
 
     def put(self, kind: str, name: str, data: bytes) -> None:
-        """Store ``data`` under (kind, name) atomically unless an object of that name exists."""
+        """Store ``data`` under (kind, name) atomically unless an object of that name exists.
+        A ``data`` object (a pack) need not be durable until `flush`; every other object is
+        durable when put returns."""
         raise NotImplementedError
+
+    def flush(self) -> None:
+        """Make every object put so far durable (called before an index names packs)."""
 
     def delete(self, kind: str, name: str) -> None:
         """Remove the object; a missing one is not an error."""

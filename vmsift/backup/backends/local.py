@@ -3,19 +3,24 @@
 Layout: ``config`` at the top, ``data/<first two hex digits>/<name>`` (256 folders keep
 listings short), ``<kind>/<name>`` for the rest. Objects are written through
 `vmsift.publish.atomic_output`: temporary beside the target, fsync, link into place, fsync of
-the folder. Temporaries left by a killed writer start with a dot and are never listed.
+the folder; packs skip the fsync when put (their writeback is started) and are fsynced, with
+their folders, by `flush`, which comes before any index names them. A pack found cut short
+(a crash before its flush) is written again by the next put of it. Temporaries left by a
+killed writer start with a dot and are never listed.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import threading
 from collections.abc import Iterator
 
 from ...errors import MissingObjectError, RepositoryError, SourceError
-from ...publish import write_file
+from ...publish import atomic_output, fsync_dir, write_all, write_file
 from . import KINDS, Backend, TransientError
 
+_SYNC_FILE_RANGE = hasattr(os, "sync_file_range")  # Linux: start writeback, do not wait
 _TRANSIENT = {errno.EINTR, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.ESTALE}
 
 
@@ -29,6 +34,8 @@ class LocalBackend(Backend):
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
         self.location = self.root
+        self._lock = threading.Lock()
+        self._unflushed: set[str] = set()  # packs written, not yet fsynced
 
     def _path(self, kind: str, name: str) -> str:
         if kind not in KINDS or not name or "/" in name or name.startswith("."):
@@ -102,10 +109,14 @@ class LocalBackend(Backend):
 
     def put(self, kind: str, name: str, data: bytes) -> None:
         path = self._path(kind, name)
-        if os.path.exists(path):
-            return
         try:
-            write_file(path, data, mode=0o444)
+            if os.path.exists(path):
+                if os.path.getsize(path) >= len(data):
+                    return
+                # cut short by a crash before it was flushed, and named by no index: replace
+                self._write(kind, path, data, overwrite=True)
+                return
+            self._write(kind, path, data, overwrite=False)
         except SourceError as e:
             if os.path.exists(path):  # another writer stored the same object meanwhile
                 return
@@ -113,6 +124,36 @@ class LocalBackend(Backend):
                                   source=self.root) from None
         except OSError as e:
             raise _error(e, f"cannot store {kind}/{name}", self.root) from None
+
+    def _write(self, kind: str, path: str, data: bytes, overwrite: bool) -> None:
+        if kind != "data":
+            write_file(path, data, mode=0o444, overwrite=overwrite)
+            return
+        # a pack: the disk starts writing it now, and `flush` waits for it before an index
+        # names it, so packs do not wait for the disk one by one
+        with atomic_output(path, mode=0o444, overwrite=overwrite, sync=False) as fd:
+            write_all(fd, data)
+            if _SYNC_FILE_RANGE:
+                os.sync_file_range(fd, 0, 0, os.SYNC_FILE_RANGE_WRITE)
+        with self._lock:
+            self._unflushed.add(path)
+
+    def flush(self) -> None:
+        with self._lock:
+            paths, self._unflushed = self._unflushed, set()
+        try:
+            for path in sorted(paths):
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            for path in {os.path.dirname(p): p for p in paths}.values():
+                fsync_dir(path)  # each pack folder once: the renames into it
+        except OSError as e:
+            with self._lock:
+                self._unflushed |= paths
+            raise _error(e, "cannot flush packs to disk", self.root) from None
 
     def delete(self, kind: str, name: str) -> None:
         try:

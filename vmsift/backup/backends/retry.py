@@ -49,6 +49,9 @@ class RetryBackend(Backend):
     def put(self, kind: str, name: str, data: bytes) -> None:
         self._call(f"put {kind}/{name}", lambda: self.inner.put(kind, name, data))
 
+    def flush(self) -> None:
+        self._call("flush", self.inner.flush)
+
     def delete(self, kind: str, name: str) -> None:
         self._call(f"delete {kind}/{name}", lambda: self.inner.delete(kind, name))
 
