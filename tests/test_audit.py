@@ -338,3 +338,13 @@ def test_damaged_vmx_files_are_warnings_and_the_others_are_audited(tmp_path):
     assert any("a.vmx" in w and "not a key" in w for w in doc["warnings"])
     assert any("b.vmx not audited" in w and "more than" in w for w in doc["warnings"])
     assert "Traceback" not in out.stderr and "warning:" in out.stderr
+
+
+def test_every_rule_is_documented_with_its_source():
+    from tests.helpers import ROOT
+
+    doc = (ROOT / "docs" / "audit.md").read_text()
+    for r in RULES:
+        row = next((ln for ln in doc.splitlines() if ln.startswith(f"| `{r.id}` |")), None)
+        assert row is not None, r.id
+        assert r.source in row and r.severity in row and r.why in row

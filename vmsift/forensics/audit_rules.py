@@ -42,7 +42,7 @@ RULES: tuple[Rule, ...] = (
     # --- guest isolation --------------------------------------------------------------------
     Rule("VMX-ISO-COPY", "low", "vmx", "isolation.tools.copy.disable", "one_of", ["true"],
          "true", "copy from the guest to the remote console's clipboard is allowed",
-         f"{SCG}: VM.disable-console-copy; {CIS}: 8.4.x console copy"),
+         f"{SCG}: VM.disable-console-copy; DISA vSphere 7.0 VM STIG V-256450"),
     Rule("VMX-ISO-PASTE", "low", "vmx", "isolation.tools.paste.disable", "one_of", ["true"],
          "true", "paste from the console's clipboard into the guest is allowed",
          f"{SCG}: VM.disable-console-paste"),
@@ -77,11 +77,10 @@ RULES: tuple[Rule, ...] = (
          f"{STIG}: logging must be enabled on the VM"),
     Rule("VMX-LOG-ROTATE", "low", "vmx", "log.rotatesize", "in_range", [1, 2048000], "0",
          "vmware.log grows without a size limit (it may fill the datastore)",
-         f"{SCG}: VM.limit-log-file-size (log.rotateSize); {CIS8}: 7.27"),
+         f"{CIS8}: 7.27 (log.rotateSize); DISA VCF 9 VM STIG VCFV-9X-000210"),
     Rule("VMX-LOG-KEEP", "low", "vmx", "log.keepold", "in_range", [1, 10], "6",
          "the number of old vmware.log files kept is outside 1..10 (none kept loses "
-         "history; more fills the datastore)",
-         f"{SCG}: VM.limit-log-number (log.keepOld); {CIS8}: 7.26"),
+         "history; more fills the datastore)", f"{CIS8}: 7.26 (log.keepOld = 10)"),
     # --- devices a server rarely needs ------------------------------------------------------
     Rule("VMX-DEV-FLOPPY", "medium", "vmx", "floppy*.present", "one_of", ["false"], "false",
          "a floppy drive is present", f"{SCG}: VM.disconnect-devices-floppy; {CIS}: 8.2.1"),
@@ -112,7 +111,8 @@ RULES: tuple[Rule, ...] = (
          "VNC is enabled without a password", f"{SCG}: VM.minimize-console-VNC-use"),
     Rule("VMX-CONSOLE-MAX", "low", "vmx", "remotedisplay.maxconnections", "in_range", [1, 1],
          None, "more than one remote console connection at a time is allowed (one user "
-         "may watch another's session)", f"{SCG}: VM.limit-console-connections; {CIS}: 8.1.2"),
+         "may watch another's session)",
+         f"{SCG}: VM.limit-console-connections; {CIS}: 8.1.2; {STIG}: VMCH-80-000195"),
     # --- resource sharing -------------------------------------------------------------------
     Rule("VMX-RES-TPS", "low", "vmx", "sched.mem.pshare.salt", "absent", None, None,
          "transparent page sharing with other VMs that have the same salt (a side channel)",
