@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 import pytest
 
 from tests.fixtures import vmsn_writer
-from tests.helpers import FIXTURES, dissect_vmfs, require_tool, sample, vmsift
+from tests.helpers import FIXTURES, dissect_vmfs, missing, require_tool, sample, vmsift
 
 T0 = 1_600_000_000  # 2020-09-13T12:26:40Z
 
@@ -166,12 +166,24 @@ def test_a_vmfs_image(cache_dir, tmp_path):
 
 def debugfs_times(image, path: str) -> dict[str, float]:
     """mtime / ctime / atime of ``path`` as debugfs.ocfs2 prints them (hex seconds, ns)."""
-    text = subprocess.run([require_tool("debugfs.ocfs2"), "-R", f"stat /{path}", str(image)],
+    where = path if path.startswith("<") else "/" + path
+    text = subprocess.run([require_tool("debugfs.ocfs2"), "-R", f"stat {where}", str(image)],
                           capture_output=True, text=True, check=True).stdout
     out = {}
     for m in re.finditer(r"(\w)time: 0x([0-9a-f]+) 0x([0-9a-f]+)", text):
         out[m[1] + "time"] = int(m[2], 16) + int(m[3], 16) / 1e9
     return out
+
+
+def file_times(events: list[dict], source: str) -> dict[str, float]:
+    """mtime / atime / ctime of one file from its MACB events."""
+    got = {}
+    for e in events:
+        if e["source"] == source and re.fullmatch(r"[mac.b]{4}", e["what"]):
+            for letter, name in zip("mac", ("mtime", "atime", "ctime")):
+                if letter in e["what"]:
+                    got[name] = e["time"]
+    return got
 
 
 def test_a_kernel_written_ocfs2_image(kernel_images):
@@ -180,18 +192,33 @@ def test_a_kernel_written_ocfs2_image(kernel_images):
     events = doc["events"]
     for path in ("small.txt", "vmware/testvm/testvm.vmx", "vmware/testvm/testvm.vmsd"):
         want = debugfs_times(image.path, path)
-        got = {}
-        for e in events:
-            if e["source"].endswith(":" + path) and re.fullmatch(r"[mac.b]{4}", e["what"]):
-                for letter, name in zip("mac", ("mtime", "atime", "ctime")):
-                    if letter in e["what"]:
-                        got[name] = e["time"]
+        got = file_times(events, f"{image.path}:{path}")
         assert got == pytest.approx({k: want[k] for k in ("mtime", "atime", "ctime")},
                                     abs=1e-6)
     gone = {e["source"].split(":", 1)[1] for e in events if e["what"] == "deleted entry"}
     assert {d["path"] for d in image.deleted if "/" not in d["path"][len("deltest/"):]} <= gone
     snaps = [e for e in events if e["what"] == "snapshot created"]
     assert [s["detail"].split("'")[1] for s in snaps] == ["first", "second"]
+
+
+def test_an_ocfs2_orphan_with_its_inode_times(cache_dir):
+    """A file unlinked while open, then a power-off (the kernel-made orphan4k image): listed
+    as an orphan, and its inode's times as debugfs.ocfs2 reads them."""
+    from tests.fixtures import ocfs2_kernel
+
+    if gone := ocfs2_kernel.missing_tools():
+        missing(f"tools for the OCFS2 kernel images: {', '.join(gone)}")
+    image = ocfs2_kernel.build_special_images(cache_dir)["orphan4k"]
+    (orphan,) = image.orphans
+    doc = timeline(image.path)
+    (event,) = [e for e in doc["events"] if e["what"] == "orphan"]
+    assert f"inode {orphan['inode']} " in event["detail"]
+    assert f"{orphan['size']} bytes" in event["detail"]
+    name = f"{image.path}://orphan_dir:0000/{orphan['inode']:016x} (deleted)"
+    want = debugfs_times(image.path, f"<{orphan['inode']}>")
+    assert file_times(doc["events"], name) == pytest.approx(
+        {k: want[k] for k in ("mtime", "atime", "ctime")}, abs=1e-6)
+    assert any("journal of slot 0 is dirty" in w for w in doc["warnings"])
 
 
 def test_ocfs2_heartbeats_are_the_nodes_clocks(cache_dir):

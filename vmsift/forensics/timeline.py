@@ -259,10 +259,17 @@ def _volume_facts(tl: Timeline, target: Target) -> None:
         if slot.get("valid"):
             tl.events.append(Event(None, name, "slot", f"slot {slot['slot']} held by node "
                                                        f"{slot['node']}"))
+    stat_inode = getattr(target.volume, "stat_inode", None)
     for o in data.get("orphans") or []:
         tl.events.append(Event(_valid(o.get("dtime")), name, "orphan",
                                f"slot {o['slot']} inode {o['inode']} {o['name']!r} "
                                f"{o.get('size', '?')} bytes (unlinked while open)"))
+        if stat_inode is not None and "error" not in o:  # the orphan's own times
+            path = target.shown(f"//orphan_dir:{o['slot']:04d}/{o['name']}")
+            try:
+                _add_file(tl, path, stat_inode(o["inode"]), True, o.get("dtime"))
+            except VmsiftError as e:
+                tl.problems.append(Problem.of(e, f"{path}: times not read: "))
 
 
 # --- output ----------------------------------------------------------------------------------
