@@ -288,6 +288,13 @@ def test_a_kernel_written_ocfs2_datastore(kernel_images):
     out = vmsift("audit", image.path)
     assert out.returncode == 0, out.stderr
     assert "testvm" in out.stdout and "VMX-ISO-CONNECT" in out.stdout
+    ovm = kernel_images["ovm4k1m"]  # an Oracle VM repository: its vm.cfg files, through OCFS2
+    out = vmsift("audit", "--format", "json", ovm.path)
+    assert out.returncode == 0, out.stderr
+    vms = json.loads(out.stdout)["vms"]
+    assert sorted((v["name"], v["kind"]) for v in vms) == [("vm-one", "oraclevm"),
+                                                           ("vm-two", "oraclevm")]
+    assert all(v["config"].startswith(f"{ovm.path}:VirtualMachines/") for v in vms)
 
 
 def sarif_schema() -> dict:

@@ -26,8 +26,6 @@ SEVERITIES = ("high", "medium", "low", "info")
 SARIF_LEVEL = {"high": "error", "medium": "warning", "low": "note", "info": "note"}
 SARIF_SCHEMA = ("https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/"
                 "sarif-schema-2.1.0.json")
-_TRUE = {"true", "yes", "1", "on"}
-_FALSE = {"false", "no", "0", "off"}
 _DEVICE = re.compile(r"^((?:[a-z_]+\d+(?::\d+)?)|usb|ehci|usb_xhci|sound)\.", re.I)
 
 
@@ -64,8 +62,8 @@ class Finding:
 
 def _norm(value: Any) -> str:
     """A value for comparison: booleans as true/false, other text lower-cased and trimmed."""
-    text = str(value).strip().lower()
-    return "true" if text in _TRUE else "false" if text in _FALSE else text
+    flag = vmx_mod.parse_bool(str(value))
+    return str(value).strip().lower() if flag is None else "true" if flag else "false"
 
 
 def _int(value: str | None) -> int | None:

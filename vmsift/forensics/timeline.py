@@ -149,11 +149,17 @@ def _add_file(tl: Timeline, shown: str, st: FileStat, deleted: bool = False,
         tl.events.append(Event(t, f.name, "deleted", f"inode {st.inode} dtime"))
 
 
+def _inode_reader(target: Target):
+    """``stat_inode(number)`` of volumes that can stat an inode no path leads to (OCFS2:
+    recovered entries, orphans), else None."""
+    return getattr(target.volume, "stat_inode", None)
+
+
 def _deleted(tl: Timeline, target: Target, path: str, entry: DirEntry) -> None:
     """A recovered directory entry: timed by its inode where the reader can still stat it
     (OCFS2 keeps the inode of an entry whose number survives), else untimed."""
     shown = target.shown(path)
-    stat_inode = getattr(target.volume, "stat_inode", None)
+    stat_inode = _inode_reader(target)
     if stat_inode is not None and isinstance(entry.inode, int) and entry.inode:
         try:
             st = stat_inode(entry.inode)
@@ -259,7 +265,7 @@ def _volume_facts(tl: Timeline, target: Target) -> None:
         if slot.get("valid"):
             tl.events.append(Event(None, name, "slot", f"slot {slot['slot']} held by node "
                                                        f"{slot['node']}"))
-    stat_inode = getattr(target.volume, "stat_inode", None)
+    stat_inode = _inode_reader(target)
     for o in data.get("orphans") or []:
         tl.events.append(Event(_valid(o.get("dtime")), name, "orphan",
                                f"slot {o['slot']} inode {o['inode']} {o['name']!r} "
