@@ -355,3 +355,14 @@ def test_every_rule_is_documented_with_its_source():
         row = next((ln for ln in doc.splitlines() if ln.startswith(f"| `{r.id}` |")), None)
         assert row is not None, r.id
         assert r.source in row and r.severity in row and r.why in row
+
+
+def test_a_truncated_image_is_audited_as_far_as_it_reads(kernel_images, tmp_path):
+    cut = tmp_path / "cut.img"
+    with open(kernel_images["max4k"].path, "rb") as f:
+        cut.write_bytes(f.read(40 << 20))
+    out = vmsift("audit", "--format", "json", cut)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["warnings"] and all("skipped" in w for w in doc["warnings"])
+    assert "Traceback" not in out.stderr

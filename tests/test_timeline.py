@@ -266,6 +266,18 @@ def test_a_damaged_log_line_and_garbage_vmsd_times(tmp_path):
     assert any("'bad' has an invalid creation time" in w for w in doc["warnings"])
 
 
+def test_a_checkpoint_file_that_does_not_decode(vm_folder):
+    good = (vm_folder / "db01-Snapshot1.vmsn").read_bytes()
+    (vm_folder / "db01.vmss").write_bytes(good[:12] + b"\xff" * 100)  # the group table cut
+    doc = timeline(vm_folder)
+    assert any("db01.vmss" in w for w in doc["warnings"])
+    states = {os.path.basename(e["source"]) for e in doc["events"]
+              if e["what"].endswith("state written")}
+    assert "db01-Snapshot1.vmsn" in states
+    assert any(e["what"].startswith("m") for e in doc["events"]  # its file times are kept
+               if e["source"].endswith("db01.vmss"))
+
+
 def test_a_truncated_image_gives_warnings_and_what_was_read(kernel_images, tmp_path):
     cut = tmp_path / "cut.img"
     with open(kernel_images["max4k"].path, "rb") as f:
