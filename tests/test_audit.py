@@ -10,7 +10,7 @@ from importlib import resources
 
 import pytest
 
-from tests.helpers import FIXTURES, missing, vmsift
+from tests.helpers import FIXTURES, ROOT, missing, truncated_copy, vmsift
 from vmsift.forensics.audit import audit, check, to_sarif, vmcfg_facts, vmx_facts
 from vmsift.forensics.audit_rules import RULES
 from vmsift.forensics.target import open_target
@@ -348,8 +348,6 @@ def test_damaged_vmx_files_are_warnings_and_the_others_are_audited(tmp_path):
 
 
 def test_every_rule_is_documented_with_its_source():
-    from tests.helpers import ROOT
-
     doc = (ROOT / "docs" / "audit.md").read_text()
     for r in RULES:
         row = next((ln for ln in doc.splitlines() if ln.startswith(f"| `{r.id}` |")), None)
@@ -358,9 +356,7 @@ def test_every_rule_is_documented_with_its_source():
 
 
 def test_a_truncated_image_is_audited_as_far_as_it_reads(kernel_images, tmp_path):
-    cut = tmp_path / "cut.img"
-    with open(kernel_images["max4k"].path, "rb") as f:
-        cut.write_bytes(f.read(40 << 20))
+    cut = truncated_copy(kernel_images["max4k"].path, tmp_path / "cut.img", 40 << 20)
     out = vmsift("audit", "--format", "json", cut)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)

@@ -19,7 +19,8 @@ from datetime import datetime, timezone
 import pytest
 
 from tests.fixtures import vmsn_writer
-from tests.helpers import FIXTURES, dissect_vmfs, missing, require_tool, sample, vmsift
+from tests.helpers import (FIXTURES, dissect_vmfs, missing, require_tool, sample,
+                           truncated_copy, vmsift)
 
 T0 = 1_600_000_000  # 2020-09-13T12:26:40Z
 
@@ -279,9 +280,7 @@ def test_a_checkpoint_file_that_does_not_decode(vm_folder):
 
 
 def test_a_truncated_image_gives_warnings_and_what_was_read(kernel_images, tmp_path):
-    cut = tmp_path / "cut.img"
-    with open(kernel_images["max4k"].path, "rb") as f:
-        cut.write_bytes(f.read(40 << 20))
+    cut = truncated_copy(kernel_images["max4k"].path, tmp_path / "cut.img", 40 << 20)
     out = vmsift("timeline", "--json", cut)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
