@@ -15,6 +15,7 @@ SYSTEM_PACKAGES=(
   fdisk gdisk dosfstools                            # sfdisk/sgdisk/mkfs.vfat: partition oracles
   vmfs-tools vmfs6-tools                            # debugvmfs: VMFS oracles
   qemu-system-x86 busybox-static cpio kmod libc6-dev # a real kernel writes OCFS2 test images
+  sleuthkit                                         # mactime: reads `vmsift timeline --bodyfile`
 )
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -122,6 +122,13 @@ def stored_digest(path: str | os.PathLike) -> tuple[str, int]:
     return h.hexdigest(), sum(n for _, n in data_runs(path))
 
 
+def truncated_copy(src: str | os.PathLike, dst: Path, length: int) -> Path:
+    """The first ``length`` bytes of ``src`` as ``dst`` (an image cut short)."""
+    with open(src, "rb") as f:
+        dst.write_bytes(f.read(length))
+    return dst
+
+
 def sparse_copy(src: str | os.PathLike, dst: str | os.PathLike, offset: int = 0) -> None:
     """Write ``src`` into ``dst`` (created if absent, never shortened) at ``offset``, copying
     only its data regions: holes stay holes."""

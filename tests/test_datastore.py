@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.helpers import require_tool, vmsift
+from tests.helpers import require_tool, truncated_copy, vmsift
 from vmsift import cache as cache_mod
 from vmsift.cache import LruCache
 from vmsift.datastore.detect import open_datastore
@@ -296,9 +296,7 @@ def test_spanned_vmfs_from_the_command_line(cache_dir):
 
 def test_vms_on_a_truncated_image_goes_on(kernel_images, tmp_path):
     """A cut image: unreadable folders are named as warnings, the search does not stop."""
-    cut = tmp_path / "cut.img"
-    with open(kernel_images["max4k"].path, "rb") as f:
-        cut.write_bytes(f.read(40 << 20))
+    cut = truncated_copy(kernel_images["max4k"].path, tmp_path / "cut.img", 40 << 20)
     out = vmsift("ds", "vms", "--json", cut)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)

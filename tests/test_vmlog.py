@@ -187,6 +187,19 @@ def test_summary_esxi8_and_threads():
         "exec_state", "vmx_exit"]
 
 
+def test_tools_milestones():
+    """VMware Tools starting in the guest and its version status, as the VMX logs them."""
+    text = (b"2021-05-04T10:00:00.000Z| vmx| I125: Tools: Changing running status: 0 => 1.\n"
+            b"2021-05-04T10:00:01.000Z| vmx| I125: VMXVmdb_SetToolsVersionStatus: status "
+            b"value set to 'ok', 'current', install possible\n"
+            b"2021-05-04T10:00:02.000Z| vmx| I125: Tools: [AppStatus] Last heartbeat value 5\n")
+    s = summary(text)
+    assert [(m.name, m.detail, m.timestamp) for m in s.milestones] == [
+        ("tools_status", "0 => 1", utc(2021, 5, 4, 10)),
+        ("tools_version", "status value set to 'ok', 'current', install possible",
+         utc(2021, 5, 4, 10, 0, 1))]
+
+
 def test_summary_legacy_warns_untimed():
     s = summary(load("ws7_legacy.log"))
     assert s.hostname == "lab-laptop" and s.product["version"] == "7.1.1"

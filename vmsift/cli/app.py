@@ -35,6 +35,8 @@ COMMANDS: dict[str, str] = {
     "stats": "vmsift.cli.repo_cmd:stats_cmd",
     "mount": "vmsift.cli.mount_cmd:mount",
     "umount": "vmsift.cli.mount_cmd:umount",
+    "audit": "vmsift.cli.audit_cmd:audit",
+    "timeline": "vmsift.cli.timeline_cmd:timeline",
 }
 
 

@@ -278,11 +278,15 @@ def find_vms(volume: Volume, problems: list[str] | None = None) -> Iterator[VmRe
                 continue
             path = posixpath.join(folder, entry.name)
             lower = entry.name.lower()
-            kind = "vmware" if lower.endswith(".vmx") else \
-                "oraclevm" if lower == "vm.cfg" else None
-            if kind is None:
-                continue
-            try:
-                yield _vmware(volume, path) if kind == "vmware" else _oraclevm(volume, path)
-            except VmsiftError as e:
-                yield VmRecord(kind, None, path, None, [], warnings=[str(e)])
+            if lower.endswith(".vmx") or lower == "vm.cfg":
+                yield read_vm(volume, path)
+
+
+def read_vm(volume: Volume, path: str) -> VmRecord:
+    """The VM whose configuration is ``path`` (a ``.vmx``, else an Oracle VM ``vm.cfg``);
+    damage goes to its warnings."""
+    kind = "vmware" if path.lower().endswith(".vmx") else "oraclevm"
+    try:
+        return _vmware(volume, path) if kind == "vmware" else _oraclevm(volume, path)
+    except VmsiftError as e:
+        return VmRecord(kind, None, path, None, [], warnings=[str(e)])

@@ -287,6 +287,8 @@ _MILESTONES: list[tuple[str, re.Pattern[str]]] = [
     ("consolidate_done", re.compile(r"^SnapshotVMXConsolidateOnlineCB: Done with consolidate")),
     ("consolidate_end", re.compile(r"^ConsolidateEnd: Snapshot consolidate complete: "
                                    r"(?P<detail>.*)")),
+    ("tools_status", re.compile(r"^Tools: Changing running status: (?P<detail>\d+ => \d+)")),
+    ("tools_version", re.compile(r"^VMXVmdb_SetToolsVersionStatus: (?P<detail>.*)")),
     ("panic", re.compile(r"PANIC: (?P<detail>.*)")),
     ("vmx_exit", re.compile(r"^VMX has left the building: (?P<detail>\d+)")),
 ]

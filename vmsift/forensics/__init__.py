@@ -1,0 +1,1 @@
+"""Forensic workflows on top of the datastore layer: hardening audit, timeline."""
