@@ -1,0 +1,564 @@
+"""OVF packages and OVA archives, read in place: descriptor, manifest, certificate, disks.
+
+A package lives on a `Volume`: a folder (``X.ovf`` beside its ``X.mf``, ``X.cert`` and
+disks) or an OVA (`TarVolume` over the archive; the descriptor is its first ``.ovf``
+member). Every name the descriptor or manifest gives is resolved with `Volume.resolve`, so
+none can leave the package. A file split into chunks (``disk.vmdk.000000000`` ...,
+``ovf:chunkSize``) reads as one; a disk opens through the VMDK reader with the package as
+its datastore. A gzip-compressed file (``ovf:compression="gzip"``) allows no random access:
+its disk is read as a stream (`StreamedDisk`), which `export_stream` writes out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import (ErrorKind, FormatError, IntegrityError, Problem, SourceError,
+                      UnsupportedError, VmsiftError)
+from ..formats import ovf as ovf_mod
+from ..formats import tar
+from ..formats.vmdk import sparse
+from ..formats.vmdk import stream as stream_mod
+from ..report import Report, Table, human_size, size_field
+from ..source import ByteSource, ConcatSource, FileSource
+from .archive import TarVolume
+from .disk import VirtualDisk, open_disk
+from .folder import FolderVolume
+from .volume import DirEntry, FileStat, Volume
+
+KIND = "ovf"
+EXTENSIONS = (".ovf",)
+sniff = ovf_mod.sniff
+HASH_BLOCK = 4 << 20
+MAX_CHUNKS = 100_000
+GZIP_SLACK = 64 << 20  # a compressed stream may inflate to capacity + this much metadata
+
+
+class DigestError(IntegrityError):
+    """A file of a package does not match its manifest digest, is missing, or the
+    manifest's signature does not verify."""
+
+
+@dataclass
+class PackageFile:
+    """A referenced file: its parts on the volume (one, or the chunks in order)."""
+
+    ref: ovf_mod.FileRef
+    parts: list[str]
+    problem: str | None = None
+
+
+class _PackageVolume(Volume):
+    """The package's volume, where a chunked file opens as its joined chunks."""
+
+    def __init__(self, base: Volume, joined: dict[str, list[str]]):
+        self.base, self.joined, self.name = base, joined, base.name
+
+    def info(self) -> Report:
+        return self.base.info()
+
+    def listdir(self, path: str = "", *, deleted: bool = False) -> list[DirEntry]:
+        return self.base.listdir(path, deleted=deleted)
+
+    def stat(self, path: str) -> FileStat:
+        if path in self.joined:
+            first = self.base.stat(self.joined[path][0])
+            first.path, first.size = path, sum(self.base.stat(p).size for p in
+                                               self.joined[path])
+            return first
+        return self.base.stat(path)
+
+    def readlink(self, path: str) -> str:
+        return self.base.readlink(path)
+
+    def open(self, path: str) -> ByteSource:
+        if path in self.joined:
+            return ConcatSource([self.base.open(p) for p in self.joined[path]],
+                                f"{self.base.name}/{path}")
+        return self.base.open(path)
+
+
+@dataclass
+class Package:
+    """An OVF package on ``volume``: the decoded descriptor and what lies beside it."""
+
+    name: str                    # what the user named (the .ova or .ovf)
+    kind: str                    # "ova" | "ovf"
+    volume: Volume
+    descriptor_path: str
+    envelope: ovf_mod.Envelope
+    descriptor_bytes: bytes
+    manifest_path: str | None = None
+    manifest: ovf_mod.Manifest | None = None
+    manifest_bytes: bytes | None = None
+    certificate_path: str | None = None
+    certificate: ovf_mod.Certificate | None = None
+    warnings: list[str] = field(default_factory=list)
+    files: dict[str, PackageFile] = field(default_factory=dict)   # by file id
+    owns_volume: bool = True
+
+    @property
+    def folder(self) -> str:
+        return posixpath.dirname(self.descriptor_path)
+
+    @property
+    def disk_volume(self) -> Volume:
+        joined = {f.parts[0].rsplit(".", 1)[0]: f.parts for f in self.files.values()
+                  if f.ref.chunk_size and f.parts}
+        return _PackageVolume(self.volume, joined) if joined else self.volume
+
+    def close(self) -> None:
+        if self.owns_volume:
+            self.volume.close()
+
+    def __enter__(self) -> Package:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def file_path(self, ref: ovf_mod.FileRef) -> str:
+        """The volume path of ``ref`` (confined to the package)."""
+        return self.volume.resolve(self.folder, ref.href)
+
+    def find_disk(self, spec: str | None) -> ovf_mod.Disk:
+        """A disk by number (1-based, DiskSection order), disk id or file name; the only
+        disk when ``spec`` is None."""
+        disks = self.envelope.disks
+        if not disks:
+            raise UnsupportedError("the package has no disks", source=self.name)
+        if spec is None:
+            if len(disks) > 1:
+                names = ", ".join(f"{i} ({d.id})" for i, d in enumerate(disks, 1))
+                raise UnsupportedError(f"the package has {len(disks)} disks; choose one with "
+                                       f"--disk: {names}", source=self.name)
+            return disks[0]
+        if spec.isdigit() and 1 <= int(spec) <= len(disks):
+            return disks[int(spec) - 1]
+        for d in disks:
+            ref = self.envelope.file(d.file_ref)
+            if spec in (d.id, ref and ref.href, ref and posixpath.basename(ref.href)):
+                return d
+        raise UnsupportedError(f"no disk {spec!r} (disks: "
+                               f"{', '.join(d.id for d in disks)})", source=self.name)
+
+
+def _read_small(volume: Volume, path: str, limit: int, what: str) -> bytes:
+    with volume.open(path) as src:
+        return src.read_all(limit, what)
+
+
+def _chunks(volume: Volume, path: str) -> list[str]:
+    parts = []
+    while len(parts) < MAX_CHUNKS and volume.exists(f"{path}.{len(parts):09d}"):
+        parts.append(f"{path}.{len(parts):09d}")
+    return parts
+
+
+def load(volume: Volume, descriptor_path: str, name: str, kind: str, *,
+         owns_volume: bool = True) -> Package:
+    """The package whose descriptor is ``descriptor_path`` on ``volume``."""
+    data = _read_small(volume, descriptor_path, ovf_mod.MAX_DESCRIPTOR, "OVF descriptor")
+    env = ovf_mod.parse(data, f"{volume.name}/{descriptor_path}")
+    pkg = Package(name, kind, volume, descriptor_path, env, data,
+                  warnings=[str(w) for w in env.warnings], owns_volume=owns_volume)
+    stem = posixpath.splitext(descriptor_path)[0]
+    if volume.exists(stem + ".mf"):
+        pkg.manifest_path = stem + ".mf"
+        pkg.manifest_bytes = _read_small(volume, pkg.manifest_path, ovf_mod.MAX_MANIFEST,
+                                         "manifest")
+        pkg.manifest = ovf_mod.parse_manifest(pkg.manifest_bytes,
+                                              f"{volume.name}/{pkg.manifest_path}")
+        pkg.warnings += [str(w) for w in pkg.manifest.warnings]
+    if volume.exists(stem + ".cert"):
+        pkg.certificate_path = stem + ".cert"
+        try:
+            pkg.certificate = ovf_mod.parse_certificate(_read_small(
+                volume, pkg.certificate_path, ovf_mod.MAX_MANIFEST, "certificate"),
+                f"{volume.name}/{pkg.certificate_path}")
+        except FormatError as e:
+            pkg.warnings.append(str(e))
+    for ref in env.files:
+        try:
+            path = pkg.file_path(ref)
+        except VmsiftError as e:
+            pkg.files[ref.id] = PackageFile(ref, [], str(e))
+            continue
+        if volume.exists(path):
+            pkg.files[ref.id] = PackageFile(ref, [path])
+        elif ref.chunk_size and (parts := _chunks(volume, path)):
+            pkg.files[ref.id] = PackageFile(ref, parts)
+        else:
+            pkg.files[ref.id] = PackageFile(ref, [], f"{ref.href} is not in the package")
+            pkg.warnings.append(f"{name}: file {ref.href!r} ({ref.id}) is not in the package")
+    return pkg
+
+
+def _descriptor_member(volume: TarVolume) -> str:
+    members = [m for m in volume.index.members if m.type == "file"]
+    ovfs = [m.name for m in members if m.name.lower().endswith(".ovf")]
+    if not ovfs:
+        raise FormatError("no .ovf descriptor in the archive", source=volume.name)
+    if members[0].name != ovfs[0]:
+        volume.warnings.append(Problem.at(volume.name, None, f"the descriptor {ovfs[0]!r} is "
+                                                             "not the first member"))
+    return ovfs[0]
+
+
+def open_ova(src: ByteSource, name: str, *, owns: bool = True) -> Package:
+    """The package in the OVA archive ``src``."""
+    volume = TarVolume(src)
+    try:
+        pkg = load(volume, _descriptor_member(volume), name, "ova", owns_volume=owns)
+    except BaseException:
+        if owns:
+            volume.close()
+        raise
+    pkg.warnings[:0] = [str(w) for w in volume.warnings]
+    return pkg
+
+
+def is_ova(src: ByteSource) -> bool:
+    return tar.sniff(src.read(0, tar.BLOCK))
+
+
+def open_package(path: str | os.PathLike) -> Package:
+    """The OVA or ``.ovf`` at host ``path``, opened read-only."""
+    path = os.fspath(path)
+    src = FileSource(path)
+    if is_ova(src):
+        return open_ova(src, path)
+    src.close()
+    volume = FolderVolume(os.path.dirname(os.path.abspath(path)))
+    try:
+        return load(volume, os.path.basename(path), path, "ovf")
+    except BaseException:
+        volume.close()
+        raise
+
+
+def package_on(volume: Volume, path: str) -> Package:
+    """The package at ``path`` on a datastore: a ``.ovf`` beside its files, or an OVA."""
+    if path.lower().endswith(".ova"):
+        return open_ova(volume.open(path), f"{volume.name}/{path}")
+    return load(volume, path, path, "ovf", owns_volume=False)
+
+
+# --- disks ----------------------------------------------------------------------------------
+
+
+class _GzipReader:
+    """Sequential inflation of a gzip member, never more than ``limit`` bytes out."""
+
+    def __init__(self, src: ByteSource, limit: int):
+        self.src, self.limit, self.pos, self.out = src, limit, 0, 0
+        self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._buf = b""
+
+    def read(self, n: int) -> bytes:
+        while len(self._buf) < n and not self._z.eof:
+            data = self._z.unconsumed_tail or self.src.read(self.pos, 1 << 20)
+            if not self._z.unconsumed_tail:
+                self.pos += len(data)
+            if not data:
+                raise FormatError("gzip stream ends early", source=self.src.name,
+                                  offset=self.pos)
+            try:
+                more = self._z.decompress(data, 1 << 22)
+            except zlib.error as e:
+                raise FormatError(f"gzip stream is damaged: {e}", source=self.src.name,
+                                  offset=self.pos) from None
+            self.out += len(more)
+            if self.out > self.limit:
+                raise FormatError(f"gzip stream inflates past {self.limit} bytes, more than "
+                                  "the disk can hold (a compression bomb?)",
+                                  source=self.src.name, offset=self.pos)
+            self._buf += more
+        data, self._buf = self._buf[:n], self._buf[n:]
+        return data
+
+
+class StreamedDisk(ByteSource):
+    """A streamOptimized disk stored gzip-compressed: capacity and header only; random
+    reads and the allocation map are impossible, `grains` reads it once front to back."""
+
+    def __init__(self, file: ByteSource, name: str, declared: int | None):
+        self.file, self.name = file, name
+        self._limit = (declared or 0) + GZIP_SLACK
+        self.header = stream_mod.read_header(_GzipReader(file, GZIP_SLACK).read, name)
+        self.size = self.header.capacity * sparse.SECTOR
+        self._limit = max(self._limit, self.size + self.size // 8 + GZIP_SLACK)
+
+    REASON = ("gzip-compressed in the package: random access is impossible; "
+              "`disk export` reads it as a stream")
+
+    def read(self, offset: int, length: int) -> bytes:
+        raise UnsupportedError(self.REASON, source=self.name, offset=offset)
+
+    def extents(self, offset: int = 0, length: int | None = None):
+        raise UnsupportedError("no allocation map: " + self.REASON, source=self.name)
+
+    def grains(self) -> Iterator[tuple[int, bytes]]:
+        reader = _GzipReader(self.file, self._limit)
+        header = stream_mod.read_header(reader.read, self.name)
+        return stream_mod.grains(reader.read, header, self.name)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def open_package_disk(pkg: Package, disk: ovf_mod.Disk) -> ByteSource:
+    """``disk`` of ``pkg`` as a `VirtualDisk` (or a `StreamedDisk` when compressed)."""
+    pfile = pkg.files.get(disk.file_ref or "")
+    if pfile is None:
+        raise UnsupportedError(f"disk {disk.id!r} has no file (an empty disk the importer "
+                               "creates)", source=pkg.name)
+    if pfile.problem:
+        raise SourceError(pfile.problem, source=pkg.name, kind=ErrorKind.NOT_FOUND)
+    volume = pkg.disk_volume
+    path = pfile.parts[0] if len(pfile.parts) == 1 else pfile.parts[0].rsplit(".", 1)[0]
+    if pfile.ref.compression == "gzip":
+        return StreamedDisk(volume.open(path), f"{pkg.name}/{pfile.ref.href}", disk.capacity)
+    return open_disk(volume, path, strict=False)
+
+
+def export_stream(disk: StreamedDisk, out: str, *, overwrite: bool = False,
+                  progress: Callable[[int], None] | None = None):
+    """Write a streamed disk out as a sparse raw image, reading it once."""
+    from .export import export_pieces
+
+    return export_pieces(disk.grains(), disk.size, out, overwrite=overwrite,
+                         progress=progress)
+
+
+# --- manifest check -------------------------------------------------------------------------
+
+
+@dataclass
+class Check:
+    name: str
+    algorithm: str
+    expected: str
+    actual: str | None
+    status: str          # ok | mismatch | missing
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def verify(pkg: Package, progress: Callable[[int], None] | None = None) -> list[Check]:
+    """Every digest of the manifest against its file, each file read once (all its
+    algorithms at a time), in the order the files lie on the volume."""
+    if pkg.manifest is None:
+        raise UnsupportedError("the package has no manifest (.mf) to check", source=pkg.name)
+    by_name: dict[str, list[ovf_mod.Digest]] = {}
+    for entry in pkg.manifest.entries:
+        by_name.setdefault(entry.name, []).append(entry)
+    checks: list[Check] = []
+    located = []
+    for name, entries in by_name.items():
+        try:
+            path = pkg.volume.resolve(pkg.folder, name)
+            st = pkg.volume.stat(path)
+            if not pkg.volume.exists(path):
+                raise SourceError("not a regular file", source=name)
+        except VmsiftError:
+            checks += [Check(name, e.algorithm, e.hexdigest, None, "missing") for e in entries]
+            continue
+        located.append((st.extra.get("archive_offset", 0), path, name, entries))
+    for _, path, name, entries in sorted(located, key=lambda t: t[0]):
+        hashes = {e.algorithm: hashlib.new(e.algorithm.lower()) for e in entries}
+        with pkg.volume.open(path) as src:
+            for offset in range(0, src.size, HASH_BLOCK):
+                block = src.read_exact(offset, min(HASH_BLOCK, src.size - offset), "file")
+                for h in hashes.values():
+                    h.update(block)
+                if progress:
+                    progress(len(block))
+        for e in entries:
+            actual = hashes[e.algorithm].hexdigest()
+            checks.append(Check(name, e.algorithm, e.hexdigest, actual,
+                                "ok" if actual == e.hexdigest else "mismatch"))
+    return checks
+
+
+def signature_status(pkg: Package) -> dict[str, Any] | None:
+    """The ``.cert``: signature algorithm, signer, and whether the signature over the
+    manifest verifies with the certificate's key (the certificate itself is not checked
+    against any trust store)."""
+    cert = pkg.certificate
+    if cert is None:
+        return None
+    out: dict[str, Any] = {"path": pkg.certificate_path, "algorithm": cert.algorithm,
+                           "signed_file": cert.signed_file,
+                           "certificates": len(cert.certificates), "subject": None,
+                           "signature": "absent" if cert.signature is None else "unchecked"}
+    if not cert.certificates or cert.signature is None or pkg.manifest_bytes is None:
+        return out
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+    try:
+        x = x509.load_pem_x509_certificate(cert.certificates[0])
+    except ValueError as e:
+        out["signature"] = f"unreadable certificate: {e}"
+        return out
+    out["subject"] = x.subject.rfc4514_string()
+    algo = {"SHA1": hashes.SHA1, "SHA256": hashes.SHA256,
+            "SHA512": hashes.SHA512}[cert.algorithm or "SHA256"]()
+    key = x.public_key()
+    try:
+        if isinstance(key, rsa.RSAPublicKey):
+            key.verify(cert.signature, pkg.manifest_bytes, padding.PKCS1v15(), algo)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(cert.signature, pkg.manifest_bytes, ec.ECDSA(algo))
+        else:
+            out["signature"] = "unchecked (key type not supported)"
+            return out
+        out["signature"] = "valid"
+    except InvalidSignature:
+        out["signature"] = "invalid"
+    return out
+
+
+def failures(checks: list[Check], signature: dict[str, Any] | None) -> DigestError | None:
+    """The error naming every file that failed, or None when all is well."""
+    bad = [f"{c.name} ({c.algorithm} {c.status})" for c in checks if c.status != "ok"]
+    if signature and signature["signature"] == "invalid":
+        bad.append(f"{signature['path']} (signature of the manifest does not verify)")
+    if not bad:
+        return None
+    return DigestError("integrity check failed: " + ", ".join(bad))
+
+
+# --- report ---------------------------------------------------------------------------------
+
+
+def _disk_rows(pkg: Package) -> tuple[list[list[Any]], list[dict[str, Any]]]:
+    rows, docs = [], []
+    for i, d in enumerate(pkg.envelope.disks, 1):
+        pfile = pkg.files.get(d.file_ref or "")
+        ref = pfile.ref if pfile else None
+        stored = None
+        if pfile and not pfile.problem:
+            stored = sum(pkg.volume.stat(p).size for p in pfile.parts)
+        doc = {"index": i, "id": d.id, "file": ref.href if ref else None,
+               "capacity": d.capacity, "populated_size": d.populated_size,
+               "format": d.format, "stored_size": stored,
+               "compression": ref.compression if ref else None,
+               "chunks": len(pfile.parts) if pfile and ref and ref.chunk_size else None,
+               "problem": pfile.problem if pfile else None}
+        docs.append(doc)
+        rows.append([i, d.id, doc["file"], human_size(d.capacity), human_size(d.populated_size),
+                     human_size(stored), (d.format or "").rsplit("#", 1)[-1] or None,
+                     doc["compression"] or doc["problem"]])
+    return rows, docs
+
+
+def manifest_summary(pkg: Package) -> dict[str, Any] | None:
+    """What can be checked without reading the disks: every named file is present and the
+    descriptor's own digest matches (`verify` checks them all)."""
+    if pkg.manifest is None:
+        return None
+    out: dict[str, Any] = {"path": pkg.manifest_path, "entries": len(pkg.manifest.entries),
+                           "algorithms": sorted({e.algorithm for e in pkg.manifest.entries}),
+                           "missing": [], "descriptor": "not listed"}
+    for e in pkg.manifest.entries:
+        try:
+            path = pkg.volume.resolve(pkg.folder, e.name)
+            present = pkg.volume.exists(path)
+        except VmsiftError:
+            present, path = False, None
+        if not present:
+            out["missing"].append(e.name)
+        elif path == pkg.descriptor_path:
+            actual = hashlib.new(e.algorithm.lower(), pkg.descriptor_bytes).hexdigest()
+            out["descriptor"] = "ok" if actual == e.hexdigest else "mismatch"
+    listed = {e.name for e in pkg.manifest.entries}
+    out["not_listed"] = [f.ref.href for f in pkg.files.values() if f.ref.href not in listed
+                         and not f.ref.chunk_size]
+    return out
+
+
+def describe(pkg: Package) -> Report:
+    """The `inspect` report of a package: systems, hardware, disks, networks, manifest."""
+    env = pkg.envelope
+    disk_rows, disk_docs = _disk_rows(pkg)
+    manifest = manifest_summary(pkg)
+    signature = signature_status(pkg)
+    data = {"package": pkg.kind, "descriptor": pkg.descriptor_path, "ovf_version": env.version,
+            **env.to_dict(), "disks": disk_docs, "manifest": manifest,
+            "certificate": signature}
+    fields: dict[str, Any] = {"descriptor": pkg.descriptor_path, "OVF version": env.version,
+                              "virtual systems": len(env.systems),
+                              "collections": ", ".join(env.collections) or None}
+    if manifest is None:
+        fields["manifest"] = "none"
+    else:
+        fields["manifest"] = (f"{manifest['entries']} digests ({', '.join(manifest['algorithms'])})"
+                              f", descriptor {manifest['descriptor']}, "
+                              + (f"missing: {', '.join(manifest['missing'])}"
+                                 if manifest["missing"] else "every file present")
+                              + "; `vmsift verify` checks every digest")
+    if signature:
+        fields["certificate"] = (f"{signature['algorithm']} signature of "
+                                 f"{signature['signed_file']}: {signature['signature']}"
+                                 + (f", signer {signature['subject']}"
+                                    if signature["subject"] else ""))
+    tables = [Table("virtual systems", ["id", "name", "collection", "os", "cpus", "memory",
+                                        "disks"],
+                    [[s.id, s.name, s.collection, s.os_type or s.os_description, s.cpus,
+                      human_size(s.memory), ", ".join(s.disk_ids())] for s in env.systems])]
+    for s in env.systems:
+        tables.append(Table(f"hardware of {s.id}", ["instance", "type", "name", "quantity",
+                                                     "attached to"],
+                            [[i.instance_id, i.kind, i.name,
+                              f"{i.quantity} {i.units or ''}".strip() if i.quantity is not None
+                              else None, ", ".join(i.host_resource + i.connection) or None]
+                             for i in s.items]))
+        props = [p for prod in s.products for p in prod.properties]
+        if s.products:
+            tables.append(Table(f"product of {s.id}", ["product", "vendor", "version",
+                                                        "properties"],
+                                [[p.product, p.vendor, p.full_version or p.version,
+                                  len(p.properties)] for p in s.products]))
+        if props:
+            tables.append(Table(f"properties of {s.id}", ["key", "type", "value",
+                                                           "configurable"],
+                                [[p.key, p.type, p.value, p.user_configurable] for p in props]))
+        if s.eulas:
+            fields[f"EULA of {s.id}"] = f"{len(s.eulas)} license text(s), " \
+                                        f"{sum(len(e) for e in s.eulas)} characters"
+    tables.append(Table("disks", ["#", "id", "file", "capacity", "populated", "stored",
+                                  "format", "note"], disk_rows))
+    tables.append(Table("networks", ["name", "description"],
+                        [[n.name, n.description] for n in env.networks]))
+    tables.append(Table("files", ["id", "href", "size", "compression", "chunk size"],
+                        [[f.id, f.href, f.size, f.compression, f.chunk_size]
+                         for f in env.files]))
+    if pkg.kind == "ova":
+        fields["archive"] = size_field(pkg.volume.src.size)
+    title = "OVA package (tar, read in place)" if pkg.kind == "ova" else "OVF descriptor"
+    warnings = list(pkg.warnings)
+    if manifest and manifest["descriptor"] == "mismatch":
+        warnings.append(f"{pkg.descriptor_path}: does not match its manifest digest")
+    warnings += [f"{m}: named in the manifest, not in the package"
+                 for m in (manifest or {}).get("missing", [])]
+    return Report(pkg.kind, title, data, fields, tables, warnings)
+
+
+def inspect(src: ByteSource) -> Report:
+    """Decode a ``.ovf``; as a host file, with its manifest and files beside it."""
+    if isinstance(src, FileSource) and os.path.isfile(src.name):
+        with open_package(src.name) as pkg:
+            return describe(pkg)
+    raise UnsupportedError("an OVF descriptor is read with the files beside it: give its "
+                           "path", source=src.name)
