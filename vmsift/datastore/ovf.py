@@ -28,7 +28,7 @@ from ..formats.vmdk import stream as stream_mod
 from ..report import Report, Table, human_size, size_field
 from ..source import ByteSource, ConcatSource, FileSource
 from .archive import TarVolume
-from .disk import VirtualDisk, open_disk
+from .disk import open_disk
 from .folder import FolderVolume
 from .volume import DirEntry, FileStat, Volume
 
@@ -122,6 +122,10 @@ class Package:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def files_in_manifest(self) -> list[str]:
+        """Volume paths of the manifest's files that are present."""
+        return list(_manifest_files(self)[1].values())
 
     def file_path(self, ref: ovf_mod.FileRef) -> str:
         """The volume path of ``ref`` (confined to the package)."""
@@ -313,6 +317,45 @@ class StreamedDisk(ByteSource):
         self.file.close()
 
 
+class PackageDisk(ByteSource):
+    """A disk of a package that closes the package with it (a disk opened by path)."""
+
+    def __init__(self, disk: ByteSource, pkg: Package):
+        self.disk, self.pkg = disk, pkg
+        self.name, self.size = disk.name, disk.size
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.disk.read(offset, length)
+
+    def extents(self, offset: int = 0, length: int | None = None):
+        return self.disk.extents(offset, length)
+
+    def close(self) -> None:
+        self.disk.close()
+        self.pkg.close()
+
+
+def open_disk_in(volume: Volume, package: str, disk_id: str) -> PackageDisk:
+    """Disk ``disk_id`` of the package at ``package`` on ``volume``, opened now."""
+    pkg = package_on(volume, package)
+    try:
+        return PackageDisk(open_package_disk(pkg, pkg.find_disk(disk_id)), pkg)
+    except BaseException:
+        pkg.close()
+        raise
+
+
+def describe_streamed(disk: StreamedDisk) -> Report:
+    """The `disk info` report of a compressed package disk: what its header tells."""
+    h = disk.header
+    data = {"path": disk.name, "capacity": disk.size, "compression": "gzip",
+            "random_access": False, "header": h.to_dict()}
+    return Report("disk", "VMware virtual disk (streamOptimized, gzip-compressed in its "
+                  "package)", data, {"capacity": size_field(disk.size),
+                                     "grain": size_field(h.grain_size * sparse.SECTOR),
+                                     "random access": disk.REASON})
+
+
 def open_package_disk(pkg: Package, disk: ovf_mod.Disk) -> ByteSource:
     """``disk`` of ``pkg`` as a `VirtualDisk` (or a `StreamedDisk` when compressed)."""
     pfile = pkg.files.get(disk.file_ref or "")
@@ -352,26 +395,36 @@ class Check:
         return dict(self.__dict__)
 
 
-def verify(pkg: Package, progress: Callable[[int], None] | None = None) -> list[Check]:
-    """Every digest of the manifest against its file, each file read once (all its
-    algorithms at a time), in the order the files lie on the volume."""
+def _manifest_files(pkg: Package) -> tuple[dict[str, list[ovf_mod.Digest]], dict[str, str]]:
+    """Manifest entries by name, and the volume path of each name that is a file here."""
     if pkg.manifest is None:
         raise UnsupportedError("the package has no manifest (.mf) to check", source=pkg.name)
     by_name: dict[str, list[ovf_mod.Digest]] = {}
     for entry in pkg.manifest.entries:
         by_name.setdefault(entry.name, []).append(entry)
+    paths = {}
+    for name in by_name:
+        try:
+            path = pkg.volume.resolve(pkg.folder, name)
+        except VmsiftError:
+            continue
+        if pkg.volume.exists(path):
+            paths[name] = path
+    return by_name, paths
+
+
+def verify(pkg: Package, progress: Callable[[int], None] | None = None) -> list[Check]:
+    """Every digest of the manifest against its file, each file read once (all its
+    algorithms at a time), in the order the files lie on the volume."""
+    by_name, paths = _manifest_files(pkg)
     checks: list[Check] = []
     located = []
     for name, entries in by_name.items():
-        try:
-            path = pkg.volume.resolve(pkg.folder, name)
-            st = pkg.volume.stat(path)
-            if not pkg.volume.exists(path):
-                raise SourceError("not a regular file", source=name)
-        except VmsiftError:
+        if name not in paths:
             checks += [Check(name, e.algorithm, e.hexdigest, None, "missing") for e in entries]
             continue
-        located.append((st.extra.get("archive_offset", 0), path, name, entries))
+        offset = pkg.volume.stat(paths[name]).extra.get("archive_offset", 0)
+        located.append((offset, paths[name], name, entries))
     for _, path, name, entries in sorted(located, key=lambda t: t[0]):
         hashes = {e.algorithm: hashlib.new(e.algorithm.lower()) for e in entries}
         with pkg.volume.open(path) as src:
@@ -429,38 +482,66 @@ def signature_status(pkg: Package) -> dict[str, Any] | None:
     return out
 
 
-def failures(checks: list[Check], signature: dict[str, Any] | None) -> DigestError | None:
+def failures(checks: list[Check], signature: dict[str, Any] | None,
+             source: str | None = None) -> DigestError | None:
     """The error naming every file that failed, or None when all is well."""
     bad = [f"{c.name} ({c.algorithm} {c.status})" for c in checks if c.status != "ok"]
     if signature and signature["signature"] == "invalid":
         bad.append(f"{signature['path']} (signature of the manifest does not verify)")
     if not bad:
         return None
-    return DigestError("integrity check failed: " + ", ".join(bad))
+    return DigestError("integrity check failed: " + ", ".join(bad), source=source)
 
 
 # --- report ---------------------------------------------------------------------------------
 
 
-def _disk_rows(pkg: Package) -> tuple[list[list[Any]], list[dict[str, Any]]]:
-    rows, docs = [], []
+def _disk_rows(pkg: Package) -> tuple[list[list[Any]], list[dict[str, Any]], list[str]]:
+    rows, docs, notes = [], [], []
     for i, d in enumerate(pkg.envelope.disks, 1):
         pfile = pkg.files.get(d.file_ref or "")
         ref = pfile.ref if pfile else None
-        stored = None
+        stored = data = None
         if pfile and not pfile.problem:
             stored = sum(pkg.volume.stat(p).size for p in pfile.parts)
+            data, note = _disk_data(pkg, d)
+            if note:
+                notes.append(f"disk {d.id}: {note}")
         doc = {"index": i, "id": d.id, "file": ref.href if ref else None,
                "capacity": d.capacity, "populated_size": d.populated_size,
-               "format": d.format, "stored_size": stored,
+               "format": d.format, "stored_size": stored, "data": data,
                "compression": ref.compression if ref else None,
                "chunks": len(pfile.parts) if pfile and ref and ref.chunk_size else None,
                "problem": pfile.problem if pfile else None}
         docs.append(doc)
         rows.append([i, d.id, doc["file"], human_size(d.capacity), human_size(d.populated_size),
-                     human_size(stored), (d.format or "").rsplit("#", 1)[-1] or None,
+                     human_size(data), human_size(stored),
+                     (d.format or "").rsplit("#", 1)[-1] or None,
                      doc["compression"] or doc["problem"]])
-    return rows, docs
+    return rows, docs, notes
+
+
+def _disk_data(pkg: Package, disk: ovf_mod.Disk) -> tuple[int | None, str | None]:
+    """Bytes of data the disk holds (from its allocation map), or why it is not known."""
+    try:
+        with open_package_disk(pkg, disk) as d:
+            if isinstance(d, StreamedDisk):
+                return None, StreamedDisk.REASON
+            if disk.capacity is not None and d.size != disk.capacity:
+                return d.stored_bytes(), (f"the disk file holds {d.size} bytes, the "
+                                          f"descriptor says {disk.capacity}")
+            return d.stored_bytes(), None
+    except VmsiftError as e:
+        return None, str(e)
+
+
+def _quantity(item: ovf_mod.Item) -> str | None:
+    """Memory as a size; any other quantity as the number it is (a CPU count)."""
+    if item.quantity is None:
+        return None
+    if item.resource_type == 4 and (factor := ovf_mod.unit_factor(item.units, 1 << 20)):
+        return human_size(item.quantity * factor)
+    return str(item.quantity)
 
 
 def manifest_summary(pkg: Package) -> dict[str, Any] | None:
@@ -471,17 +552,14 @@ def manifest_summary(pkg: Package) -> dict[str, Any] | None:
     out: dict[str, Any] = {"path": pkg.manifest_path, "entries": len(pkg.manifest.entries),
                            "algorithms": sorted({e.algorithm for e in pkg.manifest.entries}),
                            "missing": [], "descriptor": "not listed"}
-    for e in pkg.manifest.entries:
-        try:
-            path = pkg.volume.resolve(pkg.folder, e.name)
-            present = pkg.volume.exists(path)
-        except VmsiftError:
-            present, path = False, None
-        if not present:
-            out["missing"].append(e.name)
-        elif path == pkg.descriptor_path:
-            actual = hashlib.new(e.algorithm.lower(), pkg.descriptor_bytes).hexdigest()
-            out["descriptor"] = "ok" if actual == e.hexdigest else "mismatch"
+    by_name, paths = _manifest_files(pkg)
+    for name, entries in by_name.items():
+        if name not in paths:
+            out["missing"].append(name)
+        elif paths[name] == pkg.descriptor_path:
+            ok = all(hashlib.new(e.algorithm.lower(), pkg.descriptor_bytes).hexdigest()
+                     == e.hexdigest for e in entries)
+            out["descriptor"] = "ok" if ok else "mismatch"
     listed = {e.name for e in pkg.manifest.entries}
     out["not_listed"] = [f.ref.href for f in pkg.files.values() if f.ref.href not in listed
                          and not f.ref.chunk_size]
@@ -491,7 +569,7 @@ def manifest_summary(pkg: Package) -> dict[str, Any] | None:
 def describe(pkg: Package) -> Report:
     """The `inspect` report of a package: systems, hardware, disks, networks, manifest."""
     env = pkg.envelope
-    disk_rows, disk_docs = _disk_rows(pkg)
+    disk_rows, disk_docs, disk_notes = _disk_rows(pkg)
     manifest = manifest_summary(pkg)
     signature = signature_status(pkg)
     data = {"package": pkg.kind, "descriptor": pkg.descriptor_path, "ovf_version": env.version,
@@ -520,9 +598,8 @@ def describe(pkg: Package) -> Report:
     for s in env.systems:
         tables.append(Table(f"hardware of {s.id}", ["instance", "type", "name", "quantity",
                                                      "attached to"],
-                            [[i.instance_id, i.kind, i.name,
-                              f"{i.quantity} {i.units or ''}".strip() if i.quantity is not None
-                              else None, ", ".join(i.host_resource + i.connection) or None]
+                            [[i.instance_id, i.kind, i.name, _quantity(i),
+                              ", ".join(i.host_resource + i.connection) or None]
                              for i in s.items]))
         props = [p for prod in s.products for p in prod.properties]
         if s.products:
@@ -537,8 +614,8 @@ def describe(pkg: Package) -> Report:
         if s.eulas:
             fields[f"EULA of {s.id}"] = f"{len(s.eulas)} license text(s), " \
                                         f"{sum(len(e) for e in s.eulas)} characters"
-    tables.append(Table("disks", ["#", "id", "file", "capacity", "populated", "stored",
-                                  "format", "note"], disk_rows))
+    tables.append(Table("disks", ["#", "id", "file", "capacity", "populated", "data",
+                                  "stored", "format", "note"], disk_rows))
     tables.append(Table("networks", ["name", "description"],
                         [[n.name, n.description] for n in env.networks]))
     tables.append(Table("files", ["id", "href", "size", "compression", "chunk size"],
@@ -547,7 +624,7 @@ def describe(pkg: Package) -> Report:
     if pkg.kind == "ova":
         fields["archive"] = size_field(pkg.volume.src.size)
     title = "OVA package (tar, read in place)" if pkg.kind == "ova" else "OVF descriptor"
-    warnings = list(pkg.warnings)
+    warnings = list(pkg.warnings) + disk_notes
     if manifest and manifest["descriptor"] == "mismatch":
         warnings.append(f"{pkg.descriptor_path}: does not match its manifest digest")
     warnings += [f"{m}: named in the manifest, not in the package"
