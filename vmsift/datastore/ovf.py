@@ -229,7 +229,9 @@ def open_ova(src: ByteSource, name: str, *, owns: bool = True) -> Package:
 
 
 def is_ova(src: ByteSource) -> bool:
-    return tar.sniff(src.read(0, tar.BLOCK))
+    """A tar archive by its magic, or a ``.ova`` by name (a damaged header is then named)."""
+    head = src.read(0, tar.BLOCK)
+    return head[257:262] == b"ustar" or src.name.lower().endswith(".ova")
 
 
 def open_package(path: str | os.PathLike) -> Package:

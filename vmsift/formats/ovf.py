@@ -64,8 +64,17 @@ def _attr(el: ET.Element, name: str, default: str | None = None) -> str | None:
     return default
 
 
+def _section(el: ET.Element) -> str:
+    """The element's name; for OVF 0.9's generic ``<Section xsi:type="ovf:X_Type">`` (and
+    ``<Content ...>`` for systems), X."""
+    name = _local(el.tag)
+    if name in ("Section", "Content") and (kind := _attr(el, "type")):
+        return kind.rsplit(":", 1)[-1].removesuffix("_Type")
+    return name
+
+
 def _children(el: ET.Element, name: str) -> list[ET.Element]:
-    return [c for c in el if _local(c.tag) == name]
+    return [c for c in el if _section(c) == name]
 
 
 def _child(el: ET.Element, name: str) -> ET.Element | None:
@@ -307,7 +316,7 @@ def _system(el: ET.Element, collection: str | None) -> VirtualSystem:
     vs = VirtualSystem(_attr(el, "id"), _text(el, "Name"), _text(el, "Info"),
                        collection=collection)
     for section in el:
-        name = _local(section.tag)
+        name = _section(section)
         if name == "OperatingSystemSection":
             vs.os_id = _int(_attr(section, "id"))
             vs.os_description = _text(section, "Description")
@@ -333,7 +342,7 @@ def _systems(el: ET.Element, collection: str | None, out: list[VirtualSystem],
         raise LimitError(f"virtual system collections nest deeper than {MAX_DEPTH}",
                          source=source)
     for child in el:
-        name = _local(child.tag)
+        name = _section(child)
         if name == "VirtualSystem":
             out.append(_system(child, collection))
         elif name == "VirtualSystemCollection":
@@ -362,7 +371,7 @@ def parse(data: bytes, source: str = "<ovf>") -> Envelope:
     disks: list[Disk] = []
     networks: list[Network] = []
     for section in root:
-        name = _local(section.tag)
+        name = _section(section)
         if name == "DiskSection":
             disks += [_disk(d, warnings, source) for d in _children(section, "Disk")]
         elif name == "NetworkSection":

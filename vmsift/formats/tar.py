@@ -169,7 +169,7 @@ def index(src: ByteSource) -> TarIndex:
                 raise LimitError(f"extended header of {size} bytes", source=src.name,
                                  offset=pos + 124)
             body = src.read_exact(data, size, "extended header")
-            if flag == b"x":
+            if flag == b"x":  # global (g) records hold nothing a member needs here
                 pending.update(_pax(body, src.name, data))
             elif flag == b"L":
                 pending["path"] = _text(body)
@@ -180,8 +180,7 @@ def index(src: ByteSource) -> TarIndex:
         name = pending.pop("path", None)
         if name is None:
             name = _text(h.name)
-            if h.magic.startswith(b"ustar") and (prefix := _text(h.prefix)) \
-                    and h.magic == b"ustar\x00":
+            if h.magic == b"ustar\x00" and (prefix := _text(h.prefix)):  # POSIX, not GNU
                 name = f"{prefix}/{name}"
         linkname = pending.pop("linkpath", _text(h.linkname))
         pending.clear()
