@@ -290,8 +290,8 @@ def _package_disk(volume: Volume, pkg, path: str, disk_id: str) -> VmDisk:
             disk.path = path if pkg.kind == "ova" else pfile.parts[0]
         with open_package_disk(pkg, d) as opened:
             disk.capacity = opened.size
-            if isinstance(opened, StreamedDisk):
-                disk.problem = opened.REASON
+            if isinstance(opened, StreamedDisk):  # no chain: a backup skips it, saying why
+                disk.problem, disk.chain = opened.REASON, []
                 disk.facts.update(capacity=opened.size, compression="gzip")
             else:
                 disk.allocated = sum(link.allocated() for link in opened.chain)
