@@ -47,11 +47,16 @@ class DigestError(IntegrityError):
 
 @dataclass
 class PackageFile:
-    """A referenced file: its parts on the volume (one, or the chunks in order)."""
+    """A referenced file: its volume path and its parts there (itself, or its chunks)."""
 
     ref: ovf_mod.FileRef
+    path: str | None
     parts: list[str]
     problem: str | None = None
+
+    @property
+    def chunked(self) -> bool:
+        return self.parts != [self.path]
 
 
 class _PackageVolume(Volume):
@@ -109,8 +114,7 @@ class Package:
 
     @property
     def disk_volume(self) -> Volume:
-        joined = {f.parts[0].rsplit(".", 1)[0]: f.parts for f in self.files.values()
-                  if f.ref.chunk_size and f.parts}
+        joined = {f.path: f.parts for f in self.files.values() if f.parts and f.chunked}
         return _PackageVolume(self.volume, joined) if joined else self.volume
 
     def close(self) -> None:
@@ -192,14 +196,14 @@ def load(volume: Volume, descriptor_path: str, name: str, kind: str, *,
         try:
             path = pkg.file_path(ref)
         except VmsiftError as e:
-            pkg.files[ref.id] = PackageFile(ref, [], str(e))
+            pkg.files[ref.id] = PackageFile(ref, None, [], str(e))
             continue
         if volume.exists(path):
-            pkg.files[ref.id] = PackageFile(ref, [path])
+            pkg.files[ref.id] = PackageFile(ref, path, [path])
         elif ref.chunk_size and (parts := _chunks(volume, path)):
-            pkg.files[ref.id] = PackageFile(ref, parts)
+            pkg.files[ref.id] = PackageFile(ref, path, parts)
         else:
-            pkg.files[ref.id] = PackageFile(ref, [], f"{ref.href} is not in the package")
+            pkg.files[ref.id] = PackageFile(ref, path, [], f"{ref.href} is not in the package")
             pkg.warnings.append(f"{name}: file {ref.href!r} ({ref.id}) is not in the package")
     return pkg
 
@@ -265,10 +269,14 @@ class _GzipReader:
     def __init__(self, src: ByteSource, limit: int):
         self.src, self.limit, self.pos, self.out = src, limit, 0, 0
         self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        self._buf = b""
+        self._buf = bytearray()
+        self._at = 0  # read position in _buf; consumed bytes are dropped a block at a time
 
     def read(self, n: int) -> bytes:
-        while len(self._buf) < n and not self._z.eof:
+        if self._at > (4 << 20):
+            del self._buf[:self._at]
+            self._at = 0
+        while len(self._buf) - self._at < n and not self._z.eof:
             data = self._z.unconsumed_tail or self.src.read(self.pos, 1 << 20)
             if not self._z.unconsumed_tail:
                 self.pos += len(data)
@@ -286,7 +294,8 @@ class _GzipReader:
                                   "the disk can hold (a compression bomb?)",
                                   source=self.src.name, offset=self.pos)
             self._buf += more
-        data, self._buf = self._buf[:n], self._buf[n:]
+        data = bytes(self._buf[self._at:self._at + n])
+        self._at += len(data)
         return data
 
 
@@ -296,10 +305,10 @@ class StreamedDisk(ByteSource):
 
     def __init__(self, file: ByteSource, name: str, declared: int | None):
         self.file, self.name = file, name
-        self._limit = (declared or 0) + GZIP_SLACK
         self.header = stream_mod.read_header(_GzipReader(file, GZIP_SLACK).read, name)
         self.size = self.header.capacity * sparse.SECTOR
-        self._limit = max(self._limit, self.size + self.size // 8 + GZIP_SLACK)
+        # a stream holds at most every grain (compressed no larger than ~1/8 more) + metadata
+        self._limit = max(declared or 0, self.size) * 9 // 8 + GZIP_SLACK
 
     REASON = ("gzip-compressed in the package: random access is impossible; "
               "`disk export` reads it as a stream")
@@ -367,10 +376,10 @@ def open_package_disk(pkg: Package, disk: ovf_mod.Disk) -> ByteSource:
     if pfile.problem:
         raise SourceError(pfile.problem, source=pkg.name, kind=ErrorKind.NOT_FOUND)
     volume = pkg.disk_volume
-    path = pfile.parts[0] if len(pfile.parts) == 1 else pfile.parts[0].rsplit(".", 1)[0]
     if pfile.ref.compression == "gzip":
-        return StreamedDisk(volume.open(path), f"{pkg.name}/{pfile.ref.href}", disk.capacity)
-    return open_disk(volume, path, strict=False)
+        return StreamedDisk(volume.open(pfile.path), f"{pkg.name}/{pfile.ref.href}",
+                            disk.capacity)
+    return open_disk(volume, pfile.path, strict=False)
 
 
 def export_stream(disk: StreamedDisk, out: str, *, overwrite: bool = False,
@@ -513,7 +522,7 @@ def _disk_rows(pkg: Package) -> tuple[list[list[Any]], list[dict[str, Any]], lis
                "capacity": d.capacity, "populated_size": d.populated_size,
                "format": d.format, "stored_size": stored, "data": data,
                "compression": ref.compression if ref else None,
-               "chunks": len(pfile.parts) if pfile and ref and ref.chunk_size else None,
+               "chunks": len(pfile.parts) if pfile and pfile.parts and pfile.chunked else None,
                "problem": pfile.problem if pfile else None}
         docs.append(doc)
         rows.append([i, d.id, doc["file"], human_size(d.capacity), human_size(d.populated_size),

@@ -286,8 +286,8 @@ def _package_disk(volume: Volume, pkg, path: str, disk_id: str) -> VmDisk:
             files = pfile.parts if pkg.kind == "ovf" else [path]
             disk.identity = [file_identity(volume, f, role="package file") for f in files]
             disk.chain = [posixpath.join(path, pfile.ref.href) if pkg.kind == "ova"
-                          else pfile.parts[0]]
-            disk.path = path if pkg.kind == "ova" else pfile.parts[0]
+                          else pfile.path]
+            disk.path = path if pkg.kind == "ova" else pfile.path
         with open_package_disk(pkg, d) as opened:
             disk.capacity = opened.size
             if isinstance(opened, StreamedDisk):  # no chain: a backup skips it, saying why
