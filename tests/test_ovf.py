@@ -456,3 +456,46 @@ def test_gzip_bomb_in_a_compressed_reference(pkg, tmp_path):
     assert out.returncode == 3 and "bad magic" in out.stderr
     assert not (tmp_path / "o.raw").exists()
     assert GZIP_SLACK < 1 << 30
+
+
+# --- fuzzing --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_ova(tmp_path_factory) -> bytes:
+    require_tool("qemu-img")
+    p = ova.build(tmp_path_factory.mktemp("fuzz") / "f", size=1 * MIB, disks=1, systems=1)
+    return p["ova"].read_bytes()
+
+
+def test_mutated_ovas_fail_cleanly(small_ova):
+    """Damaged OVAs (headers, descriptor, manifest, disk): only vmsift errors escape, from
+    inspect, verify and a full read of the disk."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from tests.helpers import mutate
+    from vmsift.datastore.ovf import open_ova, open_package_disk, verify
+    from vmsift.errors import VmsiftError
+    from vmsift.inspect import inspect_source
+    from vmsift.source import BytesSource
+
+    @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def run(data):
+        raw = mutate(data, small_ova, hot=8192)
+        try:
+            inspect_source(BytesSource(raw, "fuzz.ova"))
+        except VmsiftError:
+            pass
+        try:
+            with open_ova(BytesSource(raw, "fuzz.ova"), "fuzz.ova") as pkg:
+                verify(pkg)
+                for disk in pkg.envelope.disks:
+                    with open_package_disk(pkg, disk) as d:
+                        for run_ in d.extents():
+                            d.read(run_.offset, min(run_.length, 4 * MIB))
+        except VmsiftError:
+            pass
+
+    run()

@@ -53,6 +53,14 @@ class TarVolume(Volume):
                        "members": data["members"]}, warnings=[str(w) for w in self.warnings])
 
     def _missing(self, path: str) -> SourceError:
+        """NOT_FOUND for ``path``, or NOT_A_DIR when a folder on its way is not one (a
+        file, or a link: links are not followed)."""
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            if parent in self._members and parent not in self._dirs:
+                return SourceError("a part of the path is not a folder",
+                                   source=f"{self.name}/{path}", kind=ErrorKind.NOT_A_DIR)
         return SourceError("no such member", source=f"{self.name}/{path}",
                            kind=ErrorKind.NOT_FOUND)
 
@@ -92,7 +100,10 @@ class TarVolume(Volume):
         return target if target is not None and target.type == "file" else None
 
     def readlink(self, path: str) -> str:
-        m = self._members.get(normalize(path))
+        rel = normalize(path)
+        m = self._members.get(rel)
+        if m is None and rel not in self._dirs:
+            raise self._missing(rel)
         if m is None or m.type != "symlink":
             raise SourceError("not a symbolic link", source=f"{self.name}/{path}",
                               kind=ErrorKind.NOT_A_LINK)

@@ -159,6 +159,9 @@ def index(src: ByteSource) -> TarIndex:
             raise FormatError("tar header has a bad number field", source=src.name,
                               offset=pos) from None
         data = pos + BLOCK
+        if size < 0:
+            raise FormatError(f"member size {size} is negative", source=src.name,
+                              offset=pos + 124)
         if data + size > src.size:
             raise FormatError(f"member of {size} bytes at {data:#x} runs past the end of the "
                               f"archive ({src.size:#x})", source=src.name, offset=pos + 124)
