@@ -247,6 +247,43 @@ def test_backup_an_ova_restores_each_vm(pkg, tmp_path, monkeypatch):
         raw = target / f"disk{n + 1}.raw"
         assert raw.read_bytes() == qemu_raw(pkg["vmdks"][n], tmp_path / "q.raw")
         assert (target / "vapp.ovf").read_bytes() == pkg["ovf"].read_bytes()
+    assert hashlib.sha256(pkg["ova"].read_bytes()).hexdigest() == ova.digests(
+        pkg["folder"], ["vapp.ova"])["vapp.ova"]  # the evidence as it was packed
+
+
+def test_backup_skips_a_compressed_disk_exit_10(pkg, tmp_path, monkeypatch):
+    monkeypatch.setenv("VMSIFT_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "g"
+    folder.mkdir()
+    shutil.copy(pkg["vmdks"][0], folder / "disk1.vmdk")
+    (folder / "disk2.vmdk.gz").write_bytes(gzip.compress(pkg["vmdks"][1].read_bytes(), 1))
+    specs = [ova.DiskSpec("vmdisk1", "disk1.vmdk", pkg["specs"][0].capacity,
+                          pkg["specs"][0].size),
+             ova.DiskSpec("vmdisk2", "disk2.vmdk.gz", pkg["specs"][1].capacity,
+                          (folder / "disk2.vmdk.gz").stat().st_size, 'ovf:compression="gzip"')]
+    (folder / "g.ovf").write_text(ova.descriptor(specs, [("vm1", ["vmdisk1", "vmdisk2"])]))
+    repo = tmp_path / "repo"
+    ok("init", "-r", repo, "--encryption", "none")
+    out = vmsift("backup", "-r", repo, folder / "g.ovf")
+    assert out.returncode == 10 and "random access is impossible" in out.stderr
+    ok("restore", "-r", repo, "latest", "--disk", "disk1.vmdk", "--target", tmp_path / "r")
+    assert (tmp_path / "r" / "disk1.raw").read_bytes() == qemu_raw(pkg["vmdks"][0],
+                                                                   tmp_path / "q.raw")
+
+
+def test_ova_as_a_datastore(pkg, tmp_path):
+    """`ds` reads an OVA as a volume: listing, cat and extract agree with GNU tar."""
+    require_tool("tar")
+    listing = ova.run("tar", "--numeric-owner", "-tvf", pkg["ova"]).splitlines()
+    theirs = {line.split(None, 5)[5]: int(line.split()[2]) for line in listing}
+    doc = json.loads(ok("ds", "ls", "--json", pkg["ova"]).stdout)
+    assert {e["name"]: e["stat"]["size"] for e in doc["entries"]} == theirs
+    ova.run("tar", "-xf", pkg["ova"], "-C", tmp_path)
+    assert ok("ds", "cat", pkg["ova"], "vapp.mf").stdout == (tmp_path / "vapp.mf").read_text()
+    ok("ds", "extract", pkg["ova"], "disk2.vmdk", tmp_path / "out")
+    assert (tmp_path / "out" / "disk2.vmdk").read_bytes() == (tmp_path / "disk2.vmdk").read_bytes()
+    vms = json.loads(ok("ds", "vms", "--json", pkg["ova"]).stdout)["vms"]
+    assert sorted(vm["name"] for vm in vms) == ["vm1", "vm2"]
 
 
 # --- the tar index --------------------------------------------------------------------------

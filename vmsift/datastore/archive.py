@@ -1,4 +1,5 @@
-"""A tar archive (an OVA, an Oracle VM template ``.tar``) as a read-only `Volume`.
+"""A tar archive (an OVA, an Oracle VM template ``.tar``) as a read-only `Volume`: so `ds
+ls|cat|extract|vms` and `mount` read an OVA as they read a datastore.
 
 The headers are indexed once (`vmsift.formats.tar`); every regular member opens as a slice
 of the archive, so nothing is extracted. Folders the archive does not list are implied by
@@ -9,11 +10,27 @@ from __future__ import annotations
 
 import posixpath
 
-from ..errors import ErrorKind, SourceError
+from ..errors import ErrorKind, SourceError, UnsupportedError
 from ..formats import tar
 from ..report import Report, size_field
 from ..source import ByteSource
 from .volume import DirEntry, FileStat, FileType, Volume, normalize, not_a_file
+
+KIND = "tar"
+
+
+def probe(src: ByteSource) -> bool:
+    """A tar archive (an OVA): a ustar header at the start."""
+    return tar.sniff(src.read(0, tar.BLOCK))
+
+
+def open_volume(sources: list[ByteSource]) -> TarVolume:
+    """The archive as a volume (`vmsift.datastore.detect` tries it after VMFS and OCFS2)."""
+    if len(sources) != 1:
+        raise UnsupportedError(f"a tar archive is one file, got {len(sources)}",
+                               source=sources[0].name if sources else None)
+    return TarVolume(sources[0])
+
 
 _TYPES = {"file": FileType.FILE, "dir": FileType.DIR, "symlink": FileType.SYMLINK,
           "hardlink": FileType.FILE, "other": FileType.OTHER}
