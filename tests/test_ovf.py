@@ -512,7 +512,8 @@ def test_mutated_ovas_fail_cleanly(small_ova):
     from hypothesis import strategies as st
 
     from tests.helpers import mutate
-    from vmsift.datastore.ovf import open_ova, open_package_disk, verify
+    from vmsift.datastore.ovf import open_ova, open_package_disk
+    from vmsift.datastore.ovf_check import verify
     from vmsift.errors import VmsiftError
     from vmsift.inspect import inspect_source
     from vmsift.source import BytesSource

@@ -97,7 +97,8 @@ def disk_info(vmdk: str, datastore: str | None, no_verify: bool, snapshot: str |
               as_json: bool) -> None:
     """Chain, extents, geometry, adapter and change tracking of a disk."""
     from ..datastore.disk import describe
-    from ..datastore.ovf import StreamedDisk, describe_streamed
+    from ..datastore.ovf import StreamedDisk
+    from ..datastore.ovf_report import describe_streamed
 
     with _open_disk(vmdk, datastore, no_verify, snapshot, device, salvage, package_disk) as d:
         report = describe_streamed(d) if isinstance(d, StreamedDisk) else describe(d)

@@ -15,8 +15,9 @@ from .render import document, echo_json
 def verify(package: str, as_json: bool) -> None:
     """Check every digest of the manifest of an OVA or .ovf (each file read once, as a
     stream) and the signature of its .cert. Exit 8 names the files that do not match."""
-    from ..datastore.ovf import failures, open_package, signature_status
-    from ..datastore.ovf import verify as verify_package
+    from ..datastore.ovf import open_package
+    from ..datastore.ovf_check import failures, signature_status
+    from ..datastore.ovf_check import verify as verify_package
 
     with open_package(package) as pkg:
         total = sum(pkg.volume.stat(p).size for p in pkg.files_in_manifest())

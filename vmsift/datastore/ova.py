@@ -5,7 +5,8 @@ from __future__ import annotations
 from ..formats import tar
 from ..report import Report
 from ..source import ByteSource
-from .ovf import describe, open_ova
+from .ovf import open_ova
+from .ovf_report import describe
 
 KIND = "ova"
 EXTENSIONS = (".ova",)

@@ -7,25 +7,23 @@ none can leave the package. A file split into chunks (``disk.vmdk.000000000`` ..
 ``ovf:chunkSize``) reads as one; a disk opens through the VMDK reader with the package as
 its datastore. A gzip-compressed file (``ovf:compression="gzip"``) allows no random access:
 its disk is read as a stream (`StreamedDisk`), which `export_stream` writes out.
+`ovf_check` verifies a package's manifest and signature; `ovf_report` describes it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
-from ..errors import (ErrorKind, FormatError, IntegrityError, Problem, SourceError,
-                      UnsupportedError, VmsiftError)
+from ..errors import ErrorKind, FormatError, Problem, SourceError, UnsupportedError, VmsiftError
 from ..formats import ovf as ovf_mod
 from ..formats import tar
 from ..formats.vmdk import sparse
 from ..formats.vmdk import stream as stream_mod
-from ..report import Report, Table, human_size, size_field
+from ..report import Report
 from ..source import ByteSource, ConcatSource, FileSource
 from .archive import TarVolume
 from .disk import open_disk
@@ -35,14 +33,8 @@ from .volume import DirEntry, FileStat, Volume
 KIND = "ovf"
 EXTENSIONS = (".ovf",)
 sniff = ovf_mod.sniff
-HASH_BLOCK = 4 << 20
 MAX_CHUNKS = 100_000
 GZIP_SLACK = 64 << 20  # a compressed stream may inflate to capacity + this much metadata
-
-
-class DigestError(IntegrityError):
-    """A file of a package does not match its manifest digest, is missing, or the
-    manifest's signature does not verify."""
 
 
 @dataclass
@@ -129,7 +121,7 @@ class Package:
 
     def files_in_manifest(self) -> list[str]:
         """Volume paths of the manifest's files that are present."""
-        return list(_manifest_files(self)[1].values())
+        return list(manifest_files(self)[1].values())
 
     def file_path(self, ref: ovf_mod.FileRef) -> str:
         """The volume path of ``ref`` (confined to the package)."""
@@ -356,17 +348,6 @@ def open_disk_in(volume: Volume, package: str, disk_id: str) -> PackageDisk:
         raise
 
 
-def describe_streamed(disk: StreamedDisk) -> Report:
-    """The `disk info` report of a compressed package disk: what its header tells."""
-    h = disk.header
-    data = {"path": disk.name, "capacity": disk.size, "compression": "gzip",
-            "random_access": False, "header": h.to_dict()}
-    return Report("disk", "VMware virtual disk (streamOptimized, gzip-compressed in its "
-                  "package)", data, {"capacity": size_field(disk.size),
-                                     "grain": size_field(h.grain_size * sparse.SECTOR),
-                                     "random access": disk.REASON})
-
-
 def open_package_disk(pkg: Package, disk: ovf_mod.Disk) -> ByteSource:
     """``disk`` of ``pkg`` as a `VirtualDisk` (or a `StreamedDisk` when compressed)."""
     pfile = pkg.files.get(disk.file_ref or "")
@@ -391,22 +372,7 @@ def export_stream(disk: StreamedDisk, out: str, *, overwrite: bool = False,
                          progress=progress)
 
 
-# --- manifest check -------------------------------------------------------------------------
-
-
-@dataclass
-class Check:
-    name: str
-    algorithm: str
-    expected: str
-    actual: str | None
-    status: str          # ok | mismatch | missing
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-def _manifest_files(pkg: Package) -> tuple[dict[str, list[ovf_mod.Digest]], dict[str, str]]:
+def manifest_files(pkg: Package) -> tuple[dict[str, list[ovf_mod.Digest]], dict[str, str]]:
     """Manifest entries by name, and the volume path of each name that is a file here."""
     if pkg.manifest is None:
         raise UnsupportedError("the package has no manifest (.mf) to check", source=pkg.name)
@@ -424,227 +390,10 @@ def _manifest_files(pkg: Package) -> tuple[dict[str, list[ovf_mod.Digest]], dict
     return by_name, paths
 
 
-def verify(pkg: Package, progress: Callable[[int], None] | None = None) -> list[Check]:
-    """Every digest of the manifest against its file, each file read once (all its
-    algorithms at a time), in the order the files lie on the volume."""
-    by_name, paths = _manifest_files(pkg)
-    checks: list[Check] = []
-    located = []
-    for name, entries in by_name.items():
-        if name not in paths:
-            checks += [Check(name, e.algorithm, e.hexdigest, None, "missing") for e in entries]
-            continue
-        offset = pkg.volume.stat(paths[name]).extra.get("archive_offset", 0)
-        located.append((offset, paths[name], name, entries))
-    for _, path, name, entries in sorted(located, key=lambda t: t[0]):
-        hashes = {e.algorithm: hashlib.new(e.algorithm.lower()) for e in entries}
-        with pkg.volume.open(path) as src:
-            for offset in range(0, src.size, HASH_BLOCK):
-                block = src.read_exact(offset, min(HASH_BLOCK, src.size - offset), "file")
-                for h in hashes.values():
-                    h.update(block)
-                if progress:
-                    progress(len(block))
-        for e in entries:
-            actual = hashes[e.algorithm].hexdigest()
-            checks.append(Check(name, e.algorithm, e.hexdigest, actual,
-                                "ok" if actual == e.hexdigest else "mismatch"))
-    return checks
-
-
-def signature_status(pkg: Package) -> dict[str, Any] | None:
-    """The ``.cert``: signature algorithm, signer, and whether the signature over the
-    manifest verifies with the certificate's key (the certificate itself is not checked
-    against any trust store)."""
-    cert = pkg.certificate
-    if cert is None:
-        return None
-    out: dict[str, Any] = {"path": pkg.certificate_path, "algorithm": cert.algorithm,
-                           "signed_file": cert.signed_file,
-                           "certificates": len(cert.certificates), "subject": None,
-                           "signature": "absent" if cert.signature is None else "unchecked"}
-    if not cert.certificates or cert.signature is None or pkg.manifest_bytes is None:
-        return out
-    from cryptography import x509
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-
-    try:
-        x = x509.load_pem_x509_certificate(cert.certificates[0])
-    except ValueError as e:
-        out["signature"] = f"unreadable certificate: {e}"
-        return out
-    out["subject"] = x.subject.rfc4514_string()
-    algo = {"SHA1": hashes.SHA1, "SHA256": hashes.SHA256,
-            "SHA512": hashes.SHA512}[cert.algorithm or "SHA256"]()
-    key = x.public_key()
-    try:
-        if isinstance(key, rsa.RSAPublicKey):
-            key.verify(cert.signature, pkg.manifest_bytes, padding.PKCS1v15(), algo)
-        elif isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(cert.signature, pkg.manifest_bytes, ec.ECDSA(algo))
-        else:
-            out["signature"] = "unchecked (key type not supported)"
-            return out
-        out["signature"] = "valid"
-    except InvalidSignature:
-        out["signature"] = "invalid"
-    return out
-
-
-def failures(checks: list[Check], signature: dict[str, Any] | None,
-             source: str | None = None) -> DigestError | None:
-    """The error naming every file that failed, or None when all is well."""
-    bad = [f"{c.name} ({c.algorithm} {c.status})" for c in checks if c.status != "ok"]
-    if signature and signature["signature"] == "invalid":
-        bad.append(f"{signature['path']} (signature of the manifest does not verify)")
-    if not bad:
-        return None
-    return DigestError("integrity check failed: " + ", ".join(bad), source=source)
-
-
-# --- report ---------------------------------------------------------------------------------
-
-
-def _disk_rows(pkg: Package) -> tuple[list[list[Any]], list[dict[str, Any]], list[str]]:
-    rows, docs, notes = [], [], []
-    for i, d in enumerate(pkg.envelope.disks, 1):
-        pfile = pkg.files.get(d.file_ref or "")
-        ref = pfile.ref if pfile else None
-        stored = data = None
-        if pfile and not pfile.problem:
-            stored = sum(pkg.volume.stat(p).size for p in pfile.parts)
-            data, note = _disk_data(pkg, d)
-            if note:
-                notes.append(f"disk {d.id}: {note}")
-        doc = {"index": i, "id": d.id, "file": ref.href if ref else None,
-               "capacity": d.capacity, "populated_size": d.populated_size,
-               "format": d.format, "stored_size": stored, "data": data,
-               "compression": ref.compression if ref else None,
-               "chunks": len(pfile.parts) if pfile and pfile.parts and pfile.chunked else None,
-               "problem": pfile.problem if pfile else None}
-        docs.append(doc)
-        rows.append([i, d.id, doc["file"], human_size(d.capacity), human_size(d.populated_size),
-                     human_size(data), human_size(stored),
-                     (d.format or "").rsplit("#", 1)[-1] or None,
-                     doc["compression"] or doc["problem"]])
-    return rows, docs, notes
-
-
-def _disk_data(pkg: Package, disk: ovf_mod.Disk) -> tuple[int | None, str | None]:
-    """Bytes of data the disk holds (from its allocation map), or why it is not known."""
-    try:
-        with open_package_disk(pkg, disk) as d:
-            if isinstance(d, StreamedDisk):
-                return None, StreamedDisk.REASON
-            if disk.capacity is not None and d.size != disk.capacity:
-                return d.stored_bytes(), (f"the disk file holds {d.size} bytes, the "
-                                          f"descriptor says {disk.capacity}")
-            return d.stored_bytes(), None
-    except VmsiftError as e:
-        return None, str(e)
-
-
-def _quantity(item: ovf_mod.Item) -> str | None:
-    """Memory as a size; any other quantity as the number it is (a CPU count)."""
-    if item.quantity is None:
-        return None
-    if item.resource_type == 4 and (factor := ovf_mod.unit_factor(item.units, 1 << 20)):
-        return human_size(item.quantity * factor)
-    return str(item.quantity)
-
-
-def manifest_summary(pkg: Package) -> dict[str, Any] | None:
-    """What can be checked without reading the disks: every named file is present and the
-    descriptor's own digest matches (`verify` checks them all)."""
-    if pkg.manifest is None:
-        return None
-    out: dict[str, Any] = {"path": pkg.manifest_path, "entries": len(pkg.manifest.entries),
-                           "algorithms": sorted({e.algorithm for e in pkg.manifest.entries}),
-                           "missing": [], "descriptor": "not listed"}
-    by_name, paths = _manifest_files(pkg)
-    for name, entries in by_name.items():
-        if name not in paths:
-            out["missing"].append(name)
-        elif paths[name] == pkg.descriptor_path:
-            ok = all(hashlib.new(e.algorithm.lower(), pkg.descriptor_bytes).hexdigest()
-                     == e.hexdigest for e in entries)
-            out["descriptor"] = "ok" if ok else "mismatch"
-    listed = {e.name for e in pkg.manifest.entries}
-    out["not_listed"] = [f.ref.href for f in pkg.files.values() if f.ref.href not in listed
-                         and not f.ref.chunk_size]
-    return out
-
-
-def describe(pkg: Package) -> Report:
-    """The `inspect` report of a package: systems, hardware, disks, networks, manifest."""
-    env = pkg.envelope
-    disk_rows, disk_docs, disk_notes = _disk_rows(pkg)
-    manifest = manifest_summary(pkg)
-    signature = signature_status(pkg)
-    data = {"package": pkg.kind, "descriptor": pkg.descriptor_path, "ovf_version": env.version,
-            **env.to_dict(), "disks": disk_docs, "manifest": manifest,
-            "certificate": signature}
-    fields: dict[str, Any] = {"descriptor": pkg.descriptor_path, "OVF version": env.version,
-                              "virtual systems": len(env.systems),
-                              "collections": ", ".join(env.collections) or None}
-    if manifest is None:
-        fields["manifest"] = "none"
-    else:
-        fields["manifest"] = (f"{manifest['entries']} digests ({', '.join(manifest['algorithms'])})"
-                              f", descriptor {manifest['descriptor']}, "
-                              + (f"missing: {', '.join(manifest['missing'])}"
-                                 if manifest["missing"] else "every file present")
-                              + "; `vmsift verify` checks every digest")
-    if signature:
-        fields["certificate"] = (f"{signature['algorithm']} signature of "
-                                 f"{signature['signed_file']}: {signature['signature']}"
-                                 + (f", signer {signature['subject']}"
-                                    if signature["subject"] else ""))
-    tables = [Table("virtual systems", ["id", "name", "collection", "os", "cpus", "memory",
-                                        "disks"],
-                    [[s.id, s.name, s.collection, s.os_type or s.os_description, s.cpus,
-                      human_size(s.memory), ", ".join(s.disk_ids())] for s in env.systems])]
-    for s in env.systems:
-        tables.append(Table(f"hardware of {s.id}", ["instance", "type", "name", "quantity",
-                                                     "attached to"],
-                            [[i.instance_id, i.kind, i.name, _quantity(i),
-                              ", ".join(i.host_resource + i.connection) or None]
-                             for i in s.items]))
-        props = [p for prod in s.products for p in prod.properties]
-        if s.products:
-            tables.append(Table(f"product of {s.id}", ["product", "vendor", "version",
-                                                        "properties"],
-                                [[p.product, p.vendor, p.full_version or p.version,
-                                  len(p.properties)] for p in s.products]))
-        if props:
-            tables.append(Table(f"properties of {s.id}", ["key", "type", "value",
-                                                           "configurable"],
-                                [[p.key, p.type, p.value, p.user_configurable] for p in props]))
-        if s.eulas:
-            fields[f"EULA of {s.id}"] = f"{len(s.eulas)} license text(s), " \
-                                        f"{sum(len(e) for e in s.eulas)} characters"
-    tables.append(Table("disks", ["#", "id", "file", "capacity", "populated", "data",
-                                  "stored", "format", "note"], disk_rows))
-    tables.append(Table("networks", ["name", "description"],
-                        [[n.name, n.description] for n in env.networks]))
-    tables.append(Table("files", ["id", "href", "size", "compression", "chunk size"],
-                        [[f.id, f.href, f.size, f.compression, f.chunk_size]
-                         for f in env.files]))
-    if pkg.kind == "ova":
-        fields["archive"] = size_field(pkg.volume.src.size)
-    title = "OVA package (tar, read in place)" if pkg.kind == "ova" else "OVF descriptor"
-    warnings = list(pkg.warnings) + disk_notes
-    if manifest and manifest["descriptor"] == "mismatch":
-        warnings.append(f"{pkg.descriptor_path}: does not match its manifest digest")
-    warnings += [f"{m}: named in the manifest, not in the package"
-                 for m in (manifest or {}).get("missing", [])]
-    return Report(pkg.kind, title, data, fields, tables, warnings)
-
-
 def inspect(src: ByteSource) -> Report:
     """Decode a ``.ovf``; as a host file, with its manifest and files beside it."""
+    from .ovf_report import describe
+
     if isinstance(src, FileSource) and os.path.isfile(src.name):
         with open_package(src.name) as pkg:
             return describe(pkg)
