@@ -95,7 +95,7 @@ def signature_status(pkg: Package) -> dict[str, Any] | None:
             out["signature"] = "unchecked (key type not supported)"
             return out
         out["signature"] = "valid"
-    except InvalidSignature:
+    except (InvalidSignature, ValueError):  # ValueError: a signature of the wrong shape
         out["signature"] = "invalid"
     return out
 

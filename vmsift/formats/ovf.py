@@ -467,6 +467,9 @@ def parse_certificate(data: bytes, source: str = "<cert>") -> Certificate:
         m = _MANIFEST_LINE.match(line.strip())
         if m is not None:
             algorithm, signed = m[1].decode(), m[2].decode("utf-8", "replace")
+            if len(m[3]) % 2:
+                raise FormatError("the signature has an odd number of hex digits",
+                                  source=source)
             signature = bytes.fromhex(m[3].decode())
             break
     certs = _PEM.findall(data)
