@@ -436,19 +436,33 @@ def test_unsafe_member_names_refused(pkg, tmp_path, name):
 
 
 def test_member_larger_than_the_archive(pkg, tmp_path):
+    """A cut archive: the best partial answer (warnings) from inspect; verify names the file
+    cut short and the one missing (exit 8); reading the cut disk fails at the end."""
     cut = tmp_path / "cut.ova"
     data = pkg["ova"].read_bytes()
-    cut.write_bytes(data[:len(data) // 2])
-    out = vmsift("inspect", cut)
-    assert out.returncode == 3 and "runs past the end of the archive" in out.stderr
+    with tarfile.open(pkg["ova"]) as t:
+        second = t.getmember("disk2.vmdk")
+    cut.write_bytes(data[:second.offset_data - 4096])  # inside the first disk's data
+    out = ok("inspect", cut)
+    assert "member 'disk1.vmdk'" in out.stderr and "runs past the end" in out.stderr
+    assert "disk2.vmdk: named in the manifest, not in the package" in out.stderr
+    out = vmsift("verify", cut)
+    assert out.returncode == 8
+    assert "disk1.vmdk (SHA256 unreadable" in out.stderr and "disk2.vmdk (SHA256 missing)" \
+        in out.stderr and "OK        SHA256  vapp.ovf" in out.stdout
+    out = vmsift("disk", "export", cut, "--disk", "1", tmp_path / "o.raw")
+    assert out.returncode == 3 and "Traceback" not in out.stderr
+    assert not (tmp_path / "o.raw").exists()
     # a header that claims more than the file holds, checksum fixed up
     forged = bytearray(_tar([("vapp.ovf", pkg["ovf"].read_bytes())]))
     forged[124:136] = b"%011o\x00" % (1 << 32)
     forged[148:156] = b" " * 8
     forged[148:156] = b"%06o\x00 " % sum(forged[:512])
     (tmp_path / "forged.ova").write_bytes(bytes(forged))
-    out = vmsift("verify", tmp_path / "forged.ova")
-    assert out.returncode == 3 and "@ 0x7c" in out.stderr  # the size field
+    for cmd in ("verify", "inspect"):  # the descriptor claims 4 GiB: refused, not read
+        out = vmsift(cmd, tmp_path / "forged.ova")
+        assert out.returncode == 3 and "forged.ova/vapp.ovf: OVF descriptor is 4294967296 " \
+            "bytes, more than the 16777216 allowed" in out.stderr
     forged[0] ^= 1  # now the checksum does not match either: still read as a tar, refused
     (tmp_path / "forged.ova").write_bytes(bytes(forged))
     out = vmsift("verify", tmp_path / "forged.ova")

@@ -34,7 +34,9 @@ def verify(package: str, as_json: bool) -> None:
                            certificate=signature, ok=error is None))
     else:
         for c in checks:
-            click.echo(f"{c.status.upper():8}  {c.algorithm:6}  {c.name}")
+            status, _, why = c.status.partition(": ")
+            click.echo(f"{status.upper():8}  {c.algorithm:6}  {c.name}"
+                       + (f"  ({why})" if why else ""))
         if signature:
             click.echo(f"{'SIGNED' if signature['signature'] == 'valid' else 'SIGNATURE'}  "
                        f"{signature['algorithm']}  {signature['path']}: {signature['signature']}"

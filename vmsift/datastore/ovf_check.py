@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import IntegrityError
+from ..errors import IntegrityError, VmsiftError
 from .ovf import Package, manifest_files
 
 HASH_BLOCK = 4 << 20
@@ -45,13 +45,18 @@ def verify(pkg: Package, progress: Callable[[int], None] | None = None) -> list[
         located.append((offset, paths[name], name, entries))
     for _, path, name, entries in sorted(located, key=lambda t: t[0]):
         hashes = {e.algorithm: hashlib.new(e.algorithm.lower()) for e in entries}
-        with pkg.volume.open(path) as src:
-            for offset in range(0, src.size, HASH_BLOCK):
-                block = src.read_exact(offset, min(HASH_BLOCK, src.size - offset), "file")
-                for h in hashes.values():
-                    h.update(block)
-                if progress:
-                    progress(len(block))
+        try:
+            with pkg.volume.open(path) as src:
+                for offset in range(0, src.size, HASH_BLOCK):
+                    block = src.read_exact(offset, min(HASH_BLOCK, src.size - offset), "file")
+                    for h in hashes.values():
+                        h.update(block)
+                    if progress:
+                        progress(len(block))
+        except VmsiftError as e:  # cut short (a truncated OVA) or unreadable
+            checks += [Check(name, d.algorithm, d.hexdigest, None, f"unreadable: {e}")
+                       for d in entries]
+            continue
         for e in entries:
             actual = hashes[e.algorithm].hexdigest()
             checks.append(Check(name, e.algorithm, e.hexdigest, actual,

@@ -3,7 +3,9 @@
 `index` reads every 512-byte header once and records where each member's data lies; nothing
 is extracted. Each member is then a `SliceSource` of the archive. Hostile headers are
 refused with a `FormatError` naming the archive and the header's offset: a bad checksum, a
-member running past the end of the archive, a name that is absolute or climbs with ``..``.
+name that is absolute or climbs with ``..``. A member running past the end of the archive (a
+cut or forged archive) is kept as far as it goes, with a warning, and indexing stops there:
+its slice reads what exists and fails (`TruncatedError`) past the end.
 """
 
 from __future__ import annotations
@@ -162,10 +164,12 @@ def index(src: ByteSource) -> TarIndex:
         if size < 0:
             raise FormatError(f"member size {size} is negative", source=src.name,
                               offset=pos + 124)
-        if data + size > src.size:
-            raise FormatError(f"member of {size} bytes at {data:#x} runs past the end of the "
-                              f"archive ({src.size:#x})", source=src.name, offset=pos + 124)
+        truncated = data + size > src.size
         flag = h.typeflag
+        if truncated and flag in (b"x", b"g", b"L", b"K"):
+            raise FormatError(f"extended header of {size} bytes at {data:#x} runs past the "
+                              f"end of the archive ({src.size:#x})", source=src.name,
+                              offset=pos + 124)
         nxt = data + -(-size // BLOCK) * BLOCK
         if flag in (b"x", b"g", b"L", b"K"):
             if size > MAX_EXTENDED:
@@ -192,6 +196,11 @@ def index(src: ByteSource) -> TarIndex:
         if clean:
             members.append(Member(clean, kind, data, size if kind == "file" else 0, pos,
                                   mode & 0o7777, float(mtime), linkname))
+        if truncated:  # a cut archive: what is there stays readable, the rest fails to read
+            warnings.append(Problem.at(src.name, pos + 124, (
+                f"member {clean!r} of {size} bytes at {data:#x} runs past the end of the "
+                f"archive ({src.size:#x}): it is cut short, reading past the end fails")))
+            break
         if len(members) > MAX_MEMBERS:
             raise LimitError(f"more than {MAX_MEMBERS} members", source=src.name, offset=pos)
         pos = nxt
