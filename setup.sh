@@ -12,6 +12,7 @@ SYSTEM_PACKAGES=(
   fuse3 libfuse3-dev                                # FUSE mounts (pyfuse3)
   e2fsprogs                                         # debugfs/fsck.ext4: partition-file oracles
   ocfs2-tools                                       # mkfs/debugfs/fsck.ocfs2: OCFS2 oracles
+  openssl                                           # signs OVF manifests in tests
   fdisk gdisk dosfstools                            # sfdisk/sgdisk/mkfs.vfat: partition oracles
   vmfs-tools vmfs6-tools                            # debugvmfs: VMFS oracles
   qemu-system-x86 busybox-static cpio kmod libc6-dev # a real kernel writes OCFS2 test images

@@ -21,6 +21,7 @@ import os
 import posixpath
 import random
 import stat as stat_mod
+import subprocess
 
 import pytest
 
@@ -61,13 +62,21 @@ def _folder(root):
     return root
 
 
-VOLUMES = ["folder", "vmfs3", "vmfs5-esxi", "vmfs5-writer", "vmfs6-esxi", "vmfs6-writer",
-           "ocfs2-kernel", "ocfs2-oracle-vm"]
+VOLUMES = ["folder", "tar", "vmfs3", "vmfs5-esxi", "vmfs5-writer", "vmfs6-esxi",
+           "vmfs6-writer", "ocfs2-kernel", "ocfs2-oracle-vm"]
 
 
 def _open(name: str, cache_dir, tmp_path_factory, request):
     if name == "folder":
         return FolderVolume(_folder(tmp_path_factory.mktemp("folder-ds")))
+    if name == "tar":  # the same tree archived by GNU tar (an OVA is read as such a volume)
+        from vmsift.datastore.archive import TarVolume
+
+        root = _folder(tmp_path_factory.mktemp("tar-ds"))
+        archive = root.parent / "tree.tar"
+        subprocess.run(["tar", "--format=pax", "-C", str(root), "-cf", str(archive), "."],
+                       check=True)
+        return TarVolume(FileSource(archive))
     if name == "vmfs3":
         path = vmfs3_writer.build_image(cache_dir, "basic-1m")
     elif name in ("vmfs5-esxi", "vmfs6-esxi"):

@@ -52,7 +52,7 @@ def test_manifest_is_well_formed() -> None:
 
 def test_kinds_with_items() -> None:
     covered = {item.kind for item in corpus.MANIFEST}
-    assert covered == {"vmx", "dictfile", "vmdk-sparse", "vmdk-sesparse", "xen-cfg"}
+    assert covered == {"vmx", "dictfile", "vmdk-sparse", "vmdk-sesparse", "xen-cfg", "ovf"}
     assert len(corpus.corpus_items("vmx")) >= 10
     assert all(not item.damaged for item in corpus.corpus_items("vmdk-sparse"))
     assert [i.name for i in corpus.corpus_items("vmdk-sparse", include_damaged=True) if i.damaged] == [
@@ -99,6 +99,12 @@ def _check_kind(item: Item, data: bytes) -> None:
         magic, version = struct.unpack_from("<QQ", data, 0)
         assert magic == SESPARSE_MAGIC
         assert version >> 32 == 2  # SESparse major version 2 (the high half)
+    elif item.kind == "ovf":  # a descriptor (XML Envelope) or its manifest (digest lines)
+        if item.filename.endswith(".mf"):
+            assert all(re.match(rb"^SHA(1|256|512)\(.+\)= ?[0-9a-f]+$", line)
+                       for line in data.splitlines() if line)
+        else:
+            assert data.lstrip().startswith(b"<?xml") and b"Envelope" in data
     else:  # pragma: no cover - a new kind needs its own check here
         raise AssertionError(f"no basic check for kind {item.kind}")
 

@@ -639,3 +639,23 @@ def test_only_the_mounting_user_enters_unless_allow_other(folder_ds, tmp_path):
     finally:
         folder_ds.chmod(mode)
         shutil.rmtree(base)
+
+
+def test_ova_mount(tmp_path):
+    """An OVA mounts as a datastore: its members under files/, each VirtualSystem's disks
+    flattened under vms/, byte for byte what `qemu-img convert` of the disk gives."""
+    from tests.fixtures import ova
+
+    require_tool("qemu-img")
+    pkg = ova.build(tmp_path / "p", size=4 * MiB)
+    with mounted(tmp_path, pkg["ova"]) as mnt:
+        assert sorted(os.listdir(mnt / "files")) == ["disk1.vmdk", "disk2.vmdk", "vapp.mf",
+                                                     "vapp.ovf"]
+        assert sorted(os.listdir(mnt / "vms")) == ["vm1", "vm2"]
+        for n, name in ((1, "vm1"), (2, "vm2")):
+            raw = tmp_path / f"q{n}.raw"
+            run("qemu-img", "convert", "-f", "vmdk", "-O", "raw", str(pkg["vmdks"][n - 1]),
+                str(raw))
+            assert (mnt / "vms" / name / "current" / f"disk{n}.raw").read_bytes() == \
+                raw.read_bytes()
+        assert (mnt / "files" / "vapp.mf").read_bytes() == (pkg["folder"] / "vapp.mf").read_bytes()

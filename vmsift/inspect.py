@@ -30,9 +30,10 @@ def _detectors() -> list[ModuleType]:
     """Format modules in the order they are tried: binary magics first, loose text last."""
     from .formats import (ctk, memory, nvram, ocfs2, partition, vmcfg, vmlog, vmsd, vmsn, vmtm,
                           vmx, vmxf)
+    from .datastore import ova, ovf
     from .formats.vmdk import cowd, descriptor, sesparse, sparse
-    return [sparse, cowd, sesparse, ctk, nvram, vmsn, ocfs2, partition, vmxf, vmtm, descriptor,
-            vmlog, vmsd, vmx, vmcfg, memory]
+    return [sparse, cowd, sesparse, ctk, nvram, vmsn, ova, ocfs2, partition, ovf, vmxf, vmtm,
+            descriptor, vmlog, vmsd, vmx, vmcfg, memory]
 
 
 def detect(src: ByteSource) -> tuple[ModuleType, str]:

@@ -4,6 +4,8 @@
   ``vm.cfg``);
 * a VMDK (descriptor, or a sparse / COWD / SESparse file): that disk with its chain, as a
   snapshot of its own;
+* an OVA or a ``.ovf``: each VirtualSystem of the package is a VM, its disks read in place
+  (inside the tar for an OVA), its descriptor, manifest and certificate its small files;
 * an image: a VMFS or OCFS2 volume, bare, partitioned or spanned (several devices): every VM
   on it; an image that is no datastore is one raw disk.
 """
@@ -139,11 +141,12 @@ def _disk_name(vm_disk, taken: set[str]) -> str:
     return name
 
 
-def _vm_targets(volume: Volume, problems: list[str]) -> list[Target]:
+def _vm_targets(volume: Volume, problems: list[str], vms=None) -> list[Target]:
+    """A target per VM of ``vms`` (default: every VM found on ``volume``)."""
     from ..datastore.vm import find_vms, open_vm_disk
 
     targets = []
-    for vm in find_vms(volume, problems):
+    for vm in find_vms(volume, problems) if vms is None else vms:
         taken: set[str] = set()
         disks = []
         for d in vm.disks:
@@ -208,6 +211,21 @@ def open_source(paths: list[str], problems: list[str]) -> Iterator[tuple[str, li
     if len(paths) == 1 and os.path.isdir(first):
         with FolderVolume(first) as volume:
             yield "folder", _vm_targets(volume, problems)
+        return
+    if len(paths) == 1 and os.path.isfile(first) and first.lower().endswith((".ova", ".ovf")):
+        from ..datastore.archive import TarVolume
+        from ..datastore.vm import package_vms
+
+        if first.lower().endswith(".ova"):
+            with TarVolume(FileSource(first)) as volume:
+                descriptor = [m.name for m in volume.index.members
+                              if m.name.lower().endswith(".ovf")][:1]
+                yield "ova", _vm_targets(volume, problems, [
+                    vm for d in descriptor for vm in package_vms(volume, d)])
+            return
+        with FolderVolume(os.path.dirname(os.path.abspath(first))) as volume:
+            yield "ovf", _vm_targets(volume, problems, package_vms(
+                volume, os.path.basename(first)))
         return
     if len(paths) == 1 and os.path.isfile(first) and _is_vmdk(first):
         with FolderVolume(os.path.dirname(os.path.abspath(first))) as volume:

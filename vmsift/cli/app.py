@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "disk": "vmsift.cli.disk_cmd:disk",
     "ds": "vmsift.cli.ds_cmd:ds",
     "inspect": "vmsift.cli.inspect_cmd:inspect",
+    "verify": "vmsift.cli.verify_cmd:verify",
     "init": "vmsift.cli.repo_cmd:init_cmd",
     "backup": "vmsift.cli.backup_cmd:backup_cmd",
     "snapshots": "vmsift.cli.repo_cmd:snapshots_cmd",

@@ -29,14 +29,39 @@ def _disk_options(f):
                      help="Image of the LUN behind a raw device mapping.")(f)
     f = click.option("--salvage", is_flag=True,
                      help="Read damaged sparse grains as zeros and list them (forensics).")(f)
+    f = click.option("--disk", "package_disk", metavar="N|NAME",
+                     help="For an OVA or .ovf: the disk, by number (1-based), disk id or "
+                          "file name (needed when the package has several).")(f)
     return click.argument("vmdk", type=click.Path(dir_okay=False))(f)
+
+
+def _is_package(path: str) -> bool:
+    return path.lower().endswith((".ova", ".ovf"))
+
+
+@contextlib.contextmanager
+def _open_package_disk(path: str, spec: str | None, datastore: str | None,
+                       snapshot: str | None, device: str | None):
+    """A disk of the OVA or OVF package at ``path``, read in place."""
+    from ..datastore.ovf import open_package, open_package_disk
+    from ..errors import UnsupportedError
+
+    if datastore or snapshot or device:
+        raise UnsupportedError("--datastore, --snapshot and --device do not apply to an "
+                               "OVF package", source=path)
+    with open_package(path) as pkg, open_package_disk(pkg, pkg.find_disk(spec)) as d:
+        yield d
 
 
 @contextlib.contextmanager
 def _open_disk(vmdk: str, datastore: str | None, no_verify: bool, snapshot: str | None,
-               device: str | None = None, salvage: bool = False):
+               device: str | None = None, salvage: bool = False, package_disk: str | None = None):
     """The disk named on the command line, opened read-only, with its chain; warns about
-    what salvage had to zero when done."""
+    what salvage had to zero when done. An OVA or .ovf opens its disk ``package_disk``."""
+    if _is_package(vmdk):
+        with _open_package_disk(vmdk, package_disk, datastore, snapshot, device) as d:
+            yield d
+        return
     from ..datastore.detect import open_datastore
     from ..datastore.disk import OpenOptions, open_disk
     from ..datastore.folder import FolderVolume
@@ -68,12 +93,15 @@ def _open_disk(vmdk: str, datastore: str | None, no_verify: bool, snapshot: str 
 @_disk_options
 @click.option("--json", "as_json", is_flag=True, help="Print the stable JSON document.")
 def disk_info(vmdk: str, datastore: str | None, no_verify: bool, snapshot: str | None,
-              device: str | None, salvage: bool, as_json: bool) -> None:
+              device: str | None, salvage: bool, package_disk: str | None,
+              as_json: bool) -> None:
     """Chain, extents, geometry, adapter and change tracking of a disk."""
     from ..datastore.disk import describe
+    from ..datastore.ovf import StreamedDisk
+    from ..datastore.ovf_report import describe_streamed
 
-    with _open_disk(vmdk, datastore, no_verify, snapshot, device, salvage) as d:
-        report = describe(d)
+    with _open_disk(vmdk, datastore, no_verify, snapshot, device, salvage, package_disk) as d:
+        report = describe_streamed(d) if isinstance(d, StreamedDisk) else describe(d)
     print_report(vmdk, report, as_json)
 
 
@@ -81,9 +109,10 @@ def disk_info(vmdk: str, datastore: str | None, no_verify: bool, snapshot: str |
 @_disk_options
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
 def disk_map(vmdk: str, datastore: str | None, no_verify: bool, snapshot: str | None,
-             device: str | None, salvage: bool, as_json: bool) -> None:
+             device: str | None, salvage: bool, package_disk: str | None,
+             as_json: bool) -> None:
     """The allocation map of the flattened disk: DATA, ZERO and HOLE runs."""
-    with _open_disk(vmdk, datastore, no_verify, snapshot, device, salvage) as d:
+    with _open_disk(vmdk, datastore, no_verify, snapshot, device, salvage, package_disk) as d:
         runs = list(d.extents())
         size = d.size
     if as_json:
@@ -103,14 +132,21 @@ def disk_map(vmdk: str, datastore: str | None, no_verify: bool, snapshot: str | 
               default="monolithicSparse", show_default=True, help="VMDK kind to write.")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 def disk_export(vmdk: str, datastore: str | None, no_verify: bool, snapshot: str | None,
-                device: str | None, salvage: bool, out: str, fmt: str, subformat: str,
-                force: bool) -> None:
+                device: str | None, salvage: bool, package_disk: str | None, out: str, fmt: str,
+                subformat: str, force: bool) -> None:
     """Write the flattened disk to OUT (raw output is sparse; holes are never written)."""
     from ..datastore.export import export_raw
+    from ..datastore.ovf import StreamedDisk, export_stream
+    from ..errors import UnsupportedError
     from ..formats.vmdk.writer import ADAPTERS, write_vmdk
 
-    with _open_disk(vmdk, datastore, no_verify, snapshot, device, salvage) as d:
+    with _open_disk(vmdk, datastore, no_verify, snapshot, device, salvage, package_disk) as d:
         def run(progress=None):
+            if isinstance(d, StreamedDisk):
+                if fmt != "raw":
+                    raise UnsupportedError("a gzip-compressed package disk exports as raw "
+                                           "only (it is read once, as a stream)", source=d.name)
+                return export_stream(d, out, overwrite=force, progress=progress)
             if fmt == "raw":
                 return export_raw(d, out, overwrite=force, progress=progress)
             adapter = d.descriptor.ddb_get("adapterType")

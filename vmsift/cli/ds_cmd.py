@@ -230,6 +230,15 @@ def ds_extract(image: str, spans: tuple[str, ...], path: str, out_dir: str) -> N
                           f"was", source=out_dir)
 
 
+def _role(vm) -> str | None:
+    """template (Oracle VM Templates/), assembly (Assemblies/), package (an OVF), or none."""
+    if vm.template:
+        return "template"
+    if vm.package:
+        return "assembly" if vm.package["assembly"] else f"{vm.package['kind']} package"
+    return None
+
+
 @ds.command("vms")
 @_ds_images
 @click.option("--json", "as_json", is_flag=True)
@@ -249,10 +258,10 @@ def ds_vms(images: tuple[str, ...], spans: tuple[str, ...], as_json: bool) -> No
     if role:
         click.echo(f"Oracle VM {role['role']} ({role['marker']})")
     rows = [[vm.kind, vm.name, vm.config, len(vm.disks), len(vm.snapshots),
-             human_size(vm.capacity), human_size(vm.allocated)] for vm in vms]
+             human_size(vm.capacity), human_size(vm.allocated), _role(vm)] for vm in vms]
     click.echo("\n".join(render_table(Table(
         "virtual machines", ["kind", "name", "config", "disks", "snapshots", "capacity",
-                             "allocated"], rows))))
+                             "allocated", "role"], rows))))
     for vm in vms:
         click.echo(f"\n{vm.name} ({vm.config})")
         for d in vm.disks:

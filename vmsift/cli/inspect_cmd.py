@@ -19,7 +19,8 @@ def inspect(path: str, as_json: bool) -> None:
 
     Knows .vmx, .vmsd, .vmxf, .vmtm, Oracle VM vm.cfg, VMDK descriptors, sparse, COWD and
     SESparse extents, -ctk.vmdk, .nvram, .vmsn/.vmss, .vmem/.vswp, vmware.log, MBR/GPT
-    partition tables and OCFS2 superblocks. Given a folder, decodes every file in it.
+    partition tables, OCFS2 superblocks and OVF packages (.ova, .ovf). Given a folder,
+    decodes every file in it.
     """
     from ..inspect import inspect_folder, inspect_path
 

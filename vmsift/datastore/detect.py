@@ -1,6 +1,6 @@
 """Tell what a datastore image is and open it as a `Volume`.
 
-Accepted: a plain folder; a bare VMFS or OCFS2 volume; a whole disk with an MBR or GPT
+Accepted: a plain folder; a bare VMFS or OCFS2 volume; a tar archive (an OVA); a whole disk with an MBR or GPT
 partition table (each partition is tried); the devices of a spanned VMFS volume (several
 images). Each volume module offers ``probe(src) -> bool`` and ``open_volume(sources)``.
 """
@@ -16,7 +16,8 @@ from ..source import ByteSource, FileSource
 from .volume import Volume
 
 #: Volume modules, tried in this order.
-VOLUME_MODULES: tuple[str, ...] = ("vmsift.datastore.vmfs", "vmsift.datastore.ocfs2")
+VOLUME_MODULES: tuple[str, ...] = ("vmsift.datastore.vmfs", "vmsift.datastore.ocfs2",
+                                   "vmsift.datastore.archive")
 
 
 def candidates(src: ByteSource) -> list[ByteSource]:

@@ -12,7 +12,7 @@ import collections
 import concurrent.futures
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from ..errors import SourceError
@@ -72,37 +72,53 @@ def export_raw(src: ByteSource, out_path: str | os.PathLike, *, overwrite: bool 
     (fsynced unless ``sync`` is off, as when many files are extracted). ``finish`` is called
     with the output's descriptor once its data is written, before it is published (extract
     sets the source's mode and times there)."""
+    return export_pieces(_data_blocks(src, block, progress), src.size, out_path,
+                         overwrite=overwrite, progress=progress, sync=sync, finish=finish)
+
+
+def _data_blocks(src: ByteSource, block: int, progress: Callable[[int], None] | None
+                 ) -> Iterator[tuple[int, bytes]]:
+    """(offset, bytes) of the DATA runs of ``src``, ``block`` bytes at a time; the other
+    runs only count as progress."""
+    for run in src.extents():
+        if run.kind is not Alloc.DATA:
+            if progress:
+                progress(run.length)
+            continue
+        for pos in range(run.offset, run.end, block):
+            yield pos, src.read_exact(pos, min(block, run.end - pos), "disk data")
+
+
+def export_pieces(pieces: Iterable[tuple[int, bytes]], size: int,
+                  out_path: str | os.PathLike, *, overwrite: bool = False,
+                  progress: Callable[[int], None] | None = None, sync: bool = True,
+                  finish: Callable[[int], None] | None = None) -> ExportStats:
+    """Write (offset, bytes) pieces of a ``size``-byte disk as a sparse raw image: what is
+    not given, and zeros inside what is, stay holes."""
     written = 0
     pending: collections.deque[concurrent.futures.Future] = collections.deque()
     with atomic_output(out_path, overwrite=overwrite, sync=sync) as fd:
         try:
             # reads (and inflating) overlap with writes: one writer thread, a few blocks ahead
             with concurrent.futures.ThreadPoolExecutor(1, "vmsift-export") as writer:
-                for run in src.extents():
-                    if run.kind is not Alloc.DATA:
-                        if progress:
-                            progress(run.length)
-                        continue
-                    for pos in range(run.offset, run.end, block):
-                        n = min(block, run.end - pos)
-                        data = src.read_exact(pos, n, "disk data")
-                        for start, end in nonzero_spans(data):
-                            piece = memoryview(data)[start:end]
-                            pending.append(writer.submit(_write_all, fd, piece, pos + start))
-                            written += end - start
-                        if sync:
-                            pending.append(writer.submit(_start_writeback, fd, pos, n))
-                        while len(pending) > IN_FLIGHT:  # bounds memory to a few blocks
-                            pending.popleft().result()
-                        if progress:
-                            progress(n)
+                for pos, data in pieces:
+                    for start, end in nonzero_spans(data):
+                        piece = memoryview(data)[start:end]
+                        pending.append(writer.submit(_write_all, fd, piece, pos + start))
+                        written += end - start
+                    if sync:
+                        pending.append(writer.submit(_start_writeback, fd, pos, len(data)))
+                    while len(pending) > IN_FLIGHT:  # bounds memory to a few blocks
+                        pending.popleft().result()
+                    if progress:
+                        progress(len(data))
                 while pending:
                     pending.popleft().result()
-            os.ftruncate(fd, src.size)
+            os.ftruncate(fd, size)
             if finish:
                 finish(fd)
         except OSError as e:  # the OSError stays as the cause: callers read its errno
             for future in pending:
                 future.cancel()
             raise SourceError(f"write failed: {e.strerror}", source=os.fspath(out_path)) from e
-    return ExportStats(src.size, written, src.size - written)
+    return ExportStats(size, written, size - written)

@@ -66,6 +66,8 @@ class VmRecord:
     current_snapshot: int | None = None
     warnings: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)  # small files: config, vmsd, nvram, logs
+    template: bool = False    # an Oracle VM template (Templates/<id>/vm.cfg)
+    package: dict[str, Any] | None = None  # an OVF package's VM: kind, system id, assembly
 
     @property
     def folder(self) -> str:
@@ -84,7 +86,7 @@ class VmRecord:
                 "capacity": self.capacity, "allocated": self.allocated,
                 "disks": [d.to_dict() for d in self.disks], "snapshots": self.snapshots,
                 "current_snapshot": self.current_snapshot, "warnings": self.warnings,
-                "files": self.files}
+                "files": self.files, "template": self.template, "package": self.package}
 
 
 def _read(volume: Volume, path: str) -> bytes:
@@ -186,6 +188,10 @@ def open_vm_disk(volume: Volume, disk: VmDisk, snapshot: str | None = None, *,
     if disk.path is None:
         raise ChainError(f"disk {disk.device} is not readable: {disk.problem}")
     path = disk.path
+    if package := disk.facts.get("package"):
+        from .ovf import open_disk_in
+
+        return open_disk_in(volume, package, disk.facts["package_disk"])
     if disk.facts.get("create_type") == "raw image":
         return volume.open(path)
     if snapshot is not None:
@@ -268,25 +274,90 @@ def oracle_vm_role(volume: Volume) -> dict[str, Any] | None:
     return None
 
 
+def _package_disk(volume: Volume, pkg, path: str, disk_id: str) -> VmDisk:
+    """A disk of an OVF package's VM: opened through the package to learn its facts."""
+    from .ovf import StreamedDisk, open_package_disk
+
+    disk = VmDisk(disk_id, path, None, facts={"package": path, "package_disk": disk_id})
+    try:
+        d = pkg.find_disk(disk_id)
+        pfile = pkg.files.get(d.file_ref or "")
+        if pfile and not pfile.problem:
+            files = pfile.parts if pkg.kind == "ovf" else [path]
+            disk.identity = [file_identity(volume, f, role="package file") for f in files]
+            disk.chain = [posixpath.join(path, pfile.ref.href) if pkg.kind == "ova"
+                          else pfile.path]
+            disk.path = path if pkg.kind == "ova" else pfile.path
+        with open_package_disk(pkg, d) as opened:
+            disk.capacity = opened.size
+            if isinstance(opened, StreamedDisk):  # no chain: a backup skips it, saying why
+                disk.problem, disk.chain = opened.REASON, []
+                disk.facts.update(capacity=opened.size, compression="gzip")
+            else:
+                disk.allocated = sum(link.allocated() for link in opened.chain)
+                disk.facts.update(_disk_facts(opened))
+                disk.problem = "; ".join(opened.warnings) or None
+    except VmsiftError as e:
+        disk.problem = str(e)
+    return disk
+
+
+def package_vms(volume: Volume, path: str) -> list[VmRecord]:
+    """The VMs (one per VirtualSystem) of the OVF package (``.ovf`` or ``.ova``) at
+    ``path``; its small files are the descriptor, manifest and certificate of a ``.ovf``."""
+    from .ovf import package_on
+
+    assembly = "Assemblies" in path.split("/")[:-1]
+    with package_on(volume, path) as pkg:
+        files = [] if pkg.kind == "ova" else [
+            p for p in (pkg.descriptor_path, pkg.manifest_path, pkg.certificate_path) if p]
+        out = []
+        for vs in pkg.envelope.systems:
+            disks = [_package_disk(volume, pkg, path, d) for d in vs.disk_ids()]
+            out.append(VmRecord("ovf", vs.name or vs.id, path, None, disks,
+                                warnings=list(pkg.warnings), files=list(files),
+                                package={"kind": pkg.kind, "system": vs.id,
+                                         "collection": vs.collection, "assembly": assembly,
+                                         "os": vs.os_type or vs.os_description}))
+        return out
+
+
+def _config_kind(name: str) -> str | None:
+    lower = name.lower()
+    if lower.endswith(".vmx"):
+        return "vmware"
+    if lower == "vm.cfg":
+        return "oraclevm"
+    return "ovf" if lower.endswith((".ovf", ".ova")) else None
+
+
 def find_vms(volume: Volume, problems: list[str] | None = None) -> Iterator[VmRecord]:
-    """Every VM configuration on the volume, as found by a walk from the root. With
+    """Every VM configuration on the volume, as found by a walk from the root: ``.vmx``,
+    Oracle VM ``vm.cfg`` (those under ``Templates/`` are templates) and OVF packages
+    (``.ovf``, ``.ova``; an Oracle VM repository keeps them in ``Assemblies/``). With
     ``problems``, folders that cannot be read (a damaged or truncated image) are noted there
     and the search goes on."""
     for folder, entries in volume.walk("", problems=problems):
         for entry in entries:
-            if entry.type is not FileType.FILE:
+            if entry.type is not FileType.FILE or (kind := _config_kind(entry.name)) is None:
                 continue
             path = posixpath.join(folder, entry.name)
-            lower = entry.name.lower()
-            if lower.endswith(".vmx") or lower == "vm.cfg":
-                yield read_vm(volume, path)
+            if kind == "ovf":
+                try:
+                    yield from package_vms(volume, path)
+                except VmsiftError as e:
+                    yield VmRecord(kind, None, path, None, [], warnings=[str(e)])
+                continue
+            yield read_vm(volume, path)
 
 
 def read_vm(volume: Volume, path: str) -> VmRecord:
-    """The VM whose configuration is ``path`` (a ``.vmx``, else an Oracle VM ``vm.cfg``);
-    damage goes to its warnings."""
+    """The VM whose configuration is ``path`` (a ``.vmx``, else an Oracle VM ``vm.cfg``; one
+    under ``Templates/`` is a template); damage goes to its warnings."""
     kind = "vmware" if path.lower().endswith(".vmx") else "oraclevm"
     try:
-        return _vmware(volume, path) if kind == "vmware" else _oraclevm(volume, path)
+        vm = _vmware(volume, path) if kind == "vmware" else _oraclevm(volume, path)
     except VmsiftError as e:
         return VmRecord(kind, None, path, None, [], warnings=[str(e)])
+    vm.template = kind == "oraclevm" and "Templates" in posixpath.dirname(path).split("/")
+    return vm
