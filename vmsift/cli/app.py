@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "stats": "vmsift.cli.repo_cmd:stats_cmd",
     "mount": "vmsift.cli.mount_cmd:mount",
     "umount": "vmsift.cli.mount_cmd:umount",
+    "memory": "vmsift.cli.memory_cmd:memory",
 }
 
 

@@ -1,0 +1,1 @@
+"""The examiner's side: guest memory out of checkpoint files, carving images for VM artefacts."""
