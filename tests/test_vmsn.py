@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.fixtures import vmsn_writer as w
-from tests.helpers import missing, mutate, volatility_vmware_layer
+from tests.helpers import mutate, volatility_vmware_layer
 from vmsift.errors import FormatError, LimitError, TruncatedError, UnsupportedError, VmsiftError
 from vmsift.formats import vmsn
 from vmsift.formats.memory import physical_view

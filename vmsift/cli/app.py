@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "mount": "vmsift.cli.mount_cmd:mount",
     "umount": "vmsift.cli.mount_cmd:umount",
     "memory": "vmsift.cli.memory_cmd:memory",
+    "carve": "vmsift.cli.carve_cmd:carve",
 }
 
 
