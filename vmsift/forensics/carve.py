@@ -89,8 +89,9 @@ class AllocationMap:
 
 def placement(src: ByteSource, image: ByteSource) -> list[tuple[int, int, int]]:
     """(offset in ``src``, offset in ``image``, length) of the parts of ``src`` that lie
-    directly on ``image`` (through partitions and VMFS logical volumes)."""
-    if src is image:
+    directly on ``image`` (through partitions and VMFS logical volumes); a host file is
+    ``image`` when it has the same name (the volume opened its own descriptor)."""
+    if src is image or (isinstance(src, FileSource) and src.name == image.name):
         return [(0, 0, src.size)]
     if isinstance(src, SliceSource):
         out = []
