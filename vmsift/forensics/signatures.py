@@ -220,12 +220,13 @@ def decode_nvram(src: ByteSource, hit: int) -> Found | None:
     entries = []
     while len(entries) < MAX_NVRAM_ENTRIES:
         head = src.read(pos, 12)
-        if len(head) < 12 or not (head[:4].isalnum() and head[4:8].strip(b"\0").isalnum()):
+        if len(head) < 12 or not head[:4].strip(b"\0") or \
+                not all(c == 0 or 0x20 < c < 0x7F for c in head[:8]):
             break
         n = struct.unpack_from("<I", head, 8)[0]
         if pos + 12 + n > src.size:
             break
-        entries.append(head[:4].decode())
+        entries.append(head[:4].rstrip(b"\0").decode())
         pos += 12 + n
     if not entries:
         return None
