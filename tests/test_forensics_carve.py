@@ -287,3 +287,44 @@ def test_absurd_headers_are_bounded(tmp_path, artefacts):
     assert all(h.length is None or h.length <= min(MAX_ARTEFACT, 8 * MIB) for h in result.hits)
     C.extract(result, str(tmp_path / "out"))
     assert os.path.getsize(tmp_path / "out" / f"{MIB:012x}.vmdk-cowd.vmdk") == 7 * MIB
+
+
+# --- OCFS2 ------------------------------------------------------------------------------------
+
+def test_ocfs2_free_space_matches_debugfs(cache_dir):
+    """Free clusters from the global bitmap chains, against debugfs.ocfs2's own count."""
+    require_tool("debugfs.ocfs2")
+    from tests.fixtures import ocfs2_mkfs
+    from vmsift.datastore.detect import open_datastore
+
+    for spec in ocfs2_mkfs.build_images(cache_dir).values():
+        text = ocfs2_mkfs.debugfs(spec.path, "stat //global_bitmap")
+        total, used = map(int, re.search(r"Bitmap Total: (\d+)\s+Used: (\d+)", text).groups())
+        with open_datastore([str(spec.path)]) as volume:
+            free = volume.free_ranges()
+            assert sum(b - a for a, b in free) == (total - used) * volume.cluster_size, spec.name
+            assert all(a % volume.cluster_size == 0 and b <= spec.size for a, b in free)
+
+
+def test_ocfs2_artefacts_in_used_and_free_clusters(cache_dir, tmp_path):
+    require_tool("debugfs.ocfs2")
+    from tests.fixtures import ocfs2_mkfs
+    from tests.helpers import sparse_copy
+
+    spec = ocfs2_mkfs.build_images(cache_dir)["b4k-c4k-maxfeat"]
+    img = tmp_path / "ocfs2.img"
+    sparse_copy(spec.path, img)
+    journal = ocfs2_mkfs.extents_of(spec.path, "//journal:0000")[0]
+    in_journal = (journal[2] + 3) * spec.block_size      # a block the journal owns
+    in_free = spec.size - 40 * spec.cluster_size          # mkfs leaves the end free
+    vmx = w.vmx_text()
+    with open(img, "r+b") as f:
+        for at in (in_journal, in_free):
+            f.seek(at)
+            f.write(vmx)
+    result = C.carve(str(img))
+    assert result.layout == "ocfs2"
+    got = {h.offset: h.allocated for h in result.hits if h.kind == "vmx"}
+    assert got == {in_journal: True, in_free: False}
+    free = C.carve(str(img), unallocated_only=True)
+    assert [h.offset for h in free.hits if h.kind == "vmx"] == [in_free]
