@@ -24,6 +24,7 @@ from ..source import ByteSource, SliceSource
 SECTOR = 512
 MAX_ARTEFACT = 64 << 30       # the longest length an artefact may be given (and extracted)
 MAX_TEXT = 1 << 20            # text artefacts (vmx, vmsd, descriptors) are a few KiB
+TEXT_STEP = 64 << 10
 MAX_GRAIN_TABLES = 1 << 16    # grain tables read to size a sparse extent (128 MiB of tables)
 MAX_NVRAM_ENTRIES = 4096
 _NON_TEXT = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -60,16 +61,26 @@ def _clip(src: ByteSource, start: int, length: int) -> int:
 # --- text -----------------------------------------------------------------------------------
 
 def text_span(src: ByteSource, hit: int, back: bool) -> tuple[int, int]:
-    """[start, end) of the run of text bytes around ``hit`` (backwards only with ``back``)."""
+    """[start, end) of the run of text bytes around ``hit`` (backwards only with ``back``),
+    read in `TEXT_STEP` windows up to `MAX_TEXT` each way."""
     start = hit
     if back:
-        lo = max(0, hit - MAX_TEXT)
-        before = src.read(lo, hit - lo)[::-1]
-        m = _NON_TEXT.search(before)
-        start = hit - (m.start() if m else len(before))
-    after = src.read(hit, MAX_TEXT)
-    m = _NON_TEXT.search(after)
-    return start, hit + (m.start() if m else len(after))
+        while start > max(0, hit - MAX_TEXT):
+            lo = max(0, start - TEXT_STEP, hit - MAX_TEXT)
+            m = _NON_TEXT.search(src.read(lo, start - lo)[::-1])
+            if m:
+                start -= m.start()
+                break
+            start = lo
+    end = hit
+    while end < hit + MAX_TEXT:
+        chunk = src.read(end, TEXT_STEP)
+        m = _NON_TEXT.search(chunk)
+        if m or len(chunk) < TEXT_STEP:
+            end += m.start() if m else len(chunk)
+            break
+        end += len(chunk)
+    return start, min(end, hit + MAX_TEXT)
 
 
 def _text(src: ByteSource, hit: int, back: bool) -> tuple[int, bytes]:
@@ -98,7 +109,14 @@ def _dictionary(src: ByteSource, hit: int) -> tuple[int, bytes, dictfile.Diction
         return None
 
 
+#: The lines a .vmx must hold, found by their shared tail (one search for both).
+VMX_KEYS = (b"config.", b"virtualHW.")
+
+
 def decode_vmx(src: ByteSource, hit: int) -> Found | None:
+    before = src.read(max(0, hit - 10), min(hit, 10))
+    if not before.endswith(VMX_KEYS):
+        return None
     if (got := _dictionary(src, hit)) is None:
         return None
     start, data, d = got
@@ -274,8 +292,8 @@ SIGNATURES: tuple[Signature, ...] = (
               what="VMDK SESparse extent header"),
     Signature("vmdk-descriptor", b"# Disk DescriptorFile", decode_descriptor,
               what="VMDK text descriptor"),
-    Signature("vmx", b"config.version = ", decode_vmx, at=-1, what=".vmx configuration"),
-    Signature("vmx", b"virtualHW.version = ", decode_vmx, at=-1, what=".vmx configuration"),
+    Signature("vmx", b"version = ", decode_vmx, at=-1,
+              what=".vmx configuration (its config.version or virtualHW.version line)"),
     Signature("vmsd", b"snapshot.lastUID = ", decode_vmsd, at=-1, what=".vmsd snapshot list"),
     Signature("nvram", b"MRVN", decode_nvram, align=SECTOR, what=".nvram BIOS/EFI store"),
     *(Signature("vmsn", magic, decode_vmsn, align=SECTOR,
