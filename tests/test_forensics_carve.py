@@ -14,6 +14,7 @@ import json
 import os
 import random
 import re
+import struct
 import subprocess
 from pathlib import Path
 
@@ -228,12 +229,18 @@ def test_vmfs_allocation_and_deleted_files(vmfs_image, cache_dir, tmp_path):
     with open(vmfs_image, "rb") as fh:
         fh.seek(live_disk.offset)
         assert fh.read(4096) == data
-    deleted = sorted(h.facts["path"] for h in result.hits if h.kind == "deleted-entry")
-    assert deleted == ["data/was-deleted.txt", "vm1/old-disk.vmdk", "vm1/old.vmx"]
+    deleted = {h.facts["path"]: h.offset for h in result.hits if h.kind == "deleted-entry"}
+    assert sorted(deleted) == ["data/was-deleted.txt", "vm1/old-disk.vmdk", "vm1/old.vmx"]
+    with open(vmfs_image, "rb") as fh:  # each offset is its 140-byte slot: FD address 0, name
+        for path, offset in deleted.items():
+            fh.seek(offset)
+            etype, addr, _, name = struct.unpack("<III128s", fh.read(140))
+            assert (etype, addr, name.rstrip(b"\0")) == (3, 0, path.rsplit("/")[-1].encode())
+    assert all(h.allocated for h in result.hits if h.kind == "deleted-entry")  # live folders
     # only free space: exactly the deleted artefacts
     free = C.carve(str(vmfs_image), unallocated_only=True)
     assert {h.offset for h in free.hits if h.kind != "deleted-entry"} == \
-        {h.offset for h in result.hits if h.allocated is False and h.offset is not None}
+        {h.offset for h in result.hits if h.allocated is False and h.kind != "deleted-entry"}
     assert free.scanned < result.scanned
     out = tmp_path / "x"
     C.extract(free, str(out))
@@ -328,3 +335,22 @@ def test_ocfs2_artefacts_in_used_and_free_clusters(cache_dir, tmp_path):
     assert got == {in_journal: True, in_free: False}
     free = C.carve(str(img), unallocated_only=True)
     assert [h.offset for h in free.hits if h.kind == "vmx"] == [in_free]
+
+
+def test_ocfs2_kernel_deleted_entries_have_their_slots(kernel_images):
+    """Entries the Linux kernel deleted (tests/fixtures/ocfs2_kernel.py): each recovered
+    name is found at an image offset whose bytes are an OCFS2 dirent of that name."""
+    image = kernel_images["max4k"]
+    result = C.carve(str(image.path))
+    assert result.layout == "ocfs2"
+    found = {h.facts["path"]: h for h in result.hits if h.kind == "deleted-entry"}
+    gone = {g["path"] for g in image.deleted}
+    assert len(found.keys() & gone) >= 2
+    with open(image.path, "rb") as fh:
+        for path in found.keys() & gone:
+            hit = found[path]
+            name = path.rsplit("/", 1)[-1].encode()
+            fh.seek(hit.offset)
+            raw = fh.read(12 + len(name))
+            assert raw[10] == len(name) and raw[12:] == name, path
+            assert hit.allocated is True  # the slot is in a live directory block

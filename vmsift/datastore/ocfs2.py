@@ -666,6 +666,17 @@ class Ocfs2Volume(Volume):
             raise not_a_file(FileType.from_mode(ino.mode), repr(path), self.name)
         return Ocfs2File(self, ino, f"{self.name}:{path}")
 
+    def device_runs(self, path: str) -> list[tuple[int, int, int]]:
+        """(file offset, volume offset, length) of the stored data of ``path``, a file or a
+        folder: inline data lies in its inode block; holes and unwritten extents are left
+        out."""
+        inode = self.inode(self.inode_number(path))
+        data = Ocfs2File(self, inode, f"{self.name}:{path}")
+        if data._inline is not None:
+            return [(0, inode.blkno * self.block_size + S.INLINE_DATA, len(data._inline))]
+        return [(off, phys, n) for off, n, kind, phys in data.physical_runs()
+                if kind is Alloc.DATA and phys is not None]
+
     def open_inode(self, blkno: int) -> Ocfs2File:
         """The data of the inode at ``blkno`` (an orphan or a recovered deleted entry)."""
         return Ocfs2File(self, self.inode(blkno), f"{self.name}:<inode {blkno}>")

@@ -752,6 +752,15 @@ class VmfsVolume(Volume):
                              offset=fd.lv_offset)
         return self.fs._read_file(fd, 0, fd.meta.length).decode("utf-8", "replace")
 
+    def device_runs(self, path: str) -> list[tuple[int, int, int]]:
+        """(file offset, LV offset, length) of the stored data of ``path``, a file or a
+        folder (resident data, holes and to-be-zeroed blocks have no place and are left out)."""
+        fd, _ = self._lookup(path)
+        if fd.meta.zla == F.Zla.RESIDENT:
+            return []
+        return [(off, lv, n) for off, n, kind, lv in self.fs._runs(fd, 0, fd.meta.length)
+                if kind is Alloc.DATA and lv is not None]
+
     def readlink(self, path: str) -> str:
         fd, path = self._lookup(path)
         if fd.type != F.DescType.SYMLINK:

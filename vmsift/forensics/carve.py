@@ -125,16 +125,16 @@ def _on_image(ranges: list[tuple[int, int]], where: list[tuple[int, int, int]]
     return out
 
 
+def _device(volume):
+    """The source a volume's offsets refer to (a VMFS logical volume, an OCFS2 device)."""
+    return volume.fs.lv if type(volume).__module__.endswith(".vmfs") else volume.src
+
+
 def volume_allocation(volume, image: ByteSource) -> tuple[AllocationMap, str]:
     """The allocation map of a datastore volume on ``image``, and its kind."""
     kind = type(volume).__module__.rsplit(".", 1)[-1]
-    if kind == "vmfs":
-        lv = volume.fs.lv
-        free = volume.fs.free_ranges()
-    else:
-        lv = volume.src
-        free = volume.free_ranges()
-    where = placement(lv, image)
+    free = volume.fs.free_ranges() if kind == "vmfs" else volume.free_ranges()
+    where = placement(_device(volume), image)
     ranges = [(at, at + n, True) for _, at, n in where]
     free_on_image = _on_image(free, where)
     return AllocationMap(_carve_out(ranges, free_on_image)), kind
@@ -158,16 +158,75 @@ def _carve_out(allocated: list[tuple[int, int, bool]], free: list[tuple[int, int
     return out + [(a, b, False) for a, b in free]
 
 
-def deleted_entries(volume, problems: list[Problem]) -> list[Hit]:
-    """Deleted directory entries the volume still holds a name for."""
+#: Where a deleted entry's name lies in its slot: VMFS3/5 slots are 140 bytes (type, FD
+#: address, generation, name); an OCFS2 entry has inode u64, rec_len u16, name_len u8,
+#: file_type u8, then the name. Both names start 12 bytes in.
+NAME_AT = 12
+VMFS_SLOT = 140
+
+
+def _entry_offset(data: bytes, name: bytes, kind: str, taken: set[int]) -> int | None:
+    """Offset in the directory ``data`` of the deleted entry called ``name``."""
+    i = data.find(name)
+    while i >= 0:
+        at = i - NAME_AT
+        if at >= 0 and at not in taken:
+            if kind == "vmfs" and at % VMFS_SLOT == 0 and data[i + len(name):i + len(name) + 1] \
+                    in (b"\0", b"") and data[at + 4:at + 8] == bytes(4):
+                return at
+            if kind == "ocfs2" and data[at + 10] == len(name):
+                return at
+        i = data.find(name, i + 1)
+    return None
+
+
+def deleted_entries(volume, image: ByteSource, problems: list[Problem]) -> list[Hit]:
+    """Deleted directory entries the volume still holds a name for, with the image offset
+    of their slot where the directory's data lies on the image."""
+    kind = type(volume).__module__.rsplit(".", 1)[-1]
+    where = placement(_device(volume), image)
     hits = []
     for folder, entries in volume.walk("", deleted=True, problems=problems):
-        for e in entries:
-            if e.deleted:
-                path = f"{folder}/{e.name}" if folder else e.name
-                hits.append(Hit("deleted-entry", None, None, False,
-                                {"path": path, "type": e.type.value, "inode": e.inode}))
+        gone = [e for e in entries if e.deleted]
+        if not gone:
+            continue
+        runs: list[tuple[int, int, int]] = []
+        data = b""
+        with contextlib.suppress(VmsiftError):
+            runs = volume.device_runs(folder)
+            data = b"".join(image.read(at, n) for _, (at, n) in _runs_on_image(runs, where))
+        taken: set[int] = set()
+        for e in gone:
+            path = f"{folder}/{e.name}" if folder else e.name
+            offset = None
+            at = _entry_offset(data, e.name.encode("utf-8", "surrogateescape"), kind, taken)
+            if at is not None:
+                taken.add(at)
+                offset = _file_to_image(at, runs, where)
+            hits.append(Hit("deleted-entry", offset, None, None,
+                            {"path": path, "type": e.type.value, "inode": e.inode}))
     return hits
+
+
+def _runs_on_image(runs: list[tuple[int, int, int]], where: list[tuple[int, int, int]]
+                   ) -> list[tuple[int, tuple[int, int]]]:
+    """(file offset, (image offset, length)) of a file's device runs, in file order."""
+    out = []
+    for off, dev, n in runs:
+        for lo, hi in _on_image([(dev, dev + n)], where):
+            out.append((off, (lo, hi - lo)))
+    return out
+
+
+def _file_to_image(pos: int, runs: list[tuple[int, int, int]],
+                   where: list[tuple[int, int, int]]) -> int | None:
+    """The image offset of byte ``pos`` of the file whose data `runs` are."""
+    flat = 0
+    for off, (at, n) in _runs_on_image(runs, where):
+        if flat <= pos < flat + n:
+            return at + pos - flat
+        flat += n
+    return None
 
 
 # --- scanning -------------------------------------------------------------------------------
@@ -280,7 +339,10 @@ def carve(path: str, *, unallocated_only: bool = False, block: int = BLOCK) -> C
                     f.facts, f.note) for f in ordered]
         _nest(hits)
         if volume is not None:
-            hits += deleted_entries(volume, warnings)
+            for h in deleted_entries(volume, src, warnings):
+                if alloc is not None and h.offset is not None:
+                    h.allocated = alloc.at(h.offset)  # the slot lies in a live folder
+                hits.append(h)
         scanned = sum(b - a for a, b in ranges)
         return CarveResult(path, src.size, layout, scanned, time.monotonic() - began, hits,
                            warnings)
