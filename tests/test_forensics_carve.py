@@ -19,11 +19,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.fixtures import cowd_writer, nvram_writer, sesparse_writer
 from tests.fixtures import vmfs_writer as vw
 from tests.fixtures import vmsn_writer as w
-from tests.helpers import dissect_vmfs, require_tool, sample, vmsift
+from tests.helpers import dissect_vmfs, mutate, require_tool, sample, vmsift
 from vmsift.errors import UnsupportedError
 from vmsift.forensics import carve as C
 from vmsift.forensics.signatures import MAX_ARTEFACT
@@ -276,6 +278,8 @@ def test_absurd_headers_are_bounded(tmp_path, artefacts):
     cowd[28:32] = (0xFFFFFFFF).to_bytes(4, "little")  # next free sector: 2 TiB
     sparse = bytearray(artefacts["sparse"].read_bytes()[:512])
     sparse[12:20] = (1 << 62).to_bytes(8, "little")  # capacity far past any disk
+    tables = bytearray(artefacts["sparse"].read_bytes()[:512])
+    tables[44:48] = (0xFFFFFFFF).to_bytes(4, "little")  # 4 G entries per grain table
     ses = bytearray(artefacts["sesparse"].read_bytes()[:512])
     ses[80 + 16 * 7:80 + 16 * 7 + 8] = (1 << 60).to_bytes(8, "little")  # grains at 2^69
     with open(img, "wb") as f:
@@ -286,11 +290,15 @@ def test_absurd_headers_are_bounded(tmp_path, artefacts):
         f.write(sparse)
         f.seek(5 * MIB)
         f.write(ses)
+        f.seek(6 * MIB)
+        f.write(tables)
     result = C.carve(str(img))
     kinds = {h.offset: (h.kind, h.length) for h in result.hits}
     assert kinds[MIB] == ("vmdk-cowd", 7 * MIB)  # clipped to the image's end
     assert 3 * MIB not in kinds  # a capacity no disk has: not a header
     assert kinds[5 * MIB] == ("vmdk-sesparse", 3 * MIB)
+    assert kinds[6 * MIB] == ("vmdk-sparse", None)  # not measured, nothing read
+    assert by_offset(result)[6 * MIB].note == "4294967295 entries per grain table: absurd"
     assert all(h.length is None or h.length <= min(MAX_ARTEFACT, 8 * MIB) for h in result.hits)
     C.extract(result, str(tmp_path / "out"))
     assert os.path.getsize(tmp_path / "out" / f"{MIB:012x}.vmdk-cowd.vmdk") == 7 * MIB
@@ -354,3 +362,38 @@ def test_ocfs2_kernel_deleted_entries_have_their_slots(kernel_images):
             raw = fh.read(12 + len(name))
             assert raw[10] == len(name) and raw[12:] == name, path
             assert hit.allocated is True  # the slot is in a live directory block
+
+
+def test_vmfs6_allocation_is_unknown_not_guessed(cache_dir):
+    from tests.fixtures.vmfs_images import image
+
+    path = image("vmfs/vmfs6", cache_dir)
+    result = C.carve(str(path))
+    assert result.layout == "vmfs"
+    assert [w.what for w in result.warnings] == ["VMFS6 allocation bitmaps are not decoded"]
+    assert all(h.allocated is None for h in result.hits)
+    with pytest.raises(UnsupportedError, match="no allocation map"):
+        C.carve(str(path), unallocated_only=True)
+
+
+FUZZ_IMAGE = 64 << 10
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_damaged_artefacts_never_crash(artefacts, tmp_path, data):
+    """Damaged headers and text give hits or none, never an exception, and lengths stay
+    inside the image."""
+    kind = data.draw(st.sampled_from(["sparse", "cowd", "sesparse", "vmsn", "nvram", "vmx",
+                                      "split"]))
+    raw = artefacts[kind].read_bytes()[:16384]
+    damaged = mutate(data, raw, hot=512)
+    img = tmp_path / "fuzz.img"
+    at = data.draw(st.sampled_from([0, 512, FUZZ_IMAGE - len(damaged) // 512 * 512 - 512]))
+    buf = bytearray(FUZZ_IMAGE)
+    buf[at:at + len(damaged)] = damaged[:FUZZ_IMAGE - at]
+    img.write_bytes(bytes(buf))
+    for h in C.carve(str(img), block=4096).hits:
+        assert h.offset is None or 0 <= h.offset < FUZZ_IMAGE
+        assert h.length is None or h.offset + h.length <= FUZZ_IMAGE

@@ -25,7 +25,8 @@ SECTOR = 512
 MAX_ARTEFACT = 64 << 30       # the longest length an artefact may be given (and extracted)
 MAX_TEXT = 1 << 20            # text artefacts (vmx, vmsd, descriptors) are a few KiB
 TEXT_STEP = 64 << 10
-MAX_GRAIN_TABLES = 1 << 16    # grain tables read to size a sparse extent (128 MiB of tables)
+MAX_GRAIN_TABLES = 1 << 16    # grain tables read to size a sparse extent
+MAX_GTES = 4096               # entries per grain table (VMware writes 512)
 MAX_NVRAM_ENTRIES = 4096
 _NON_TEXT = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -149,6 +150,8 @@ def _u32s(raw: bytes) -> tuple[int, ...]:
 def _sparse_length(src: ByteSource, start: int, h: sparse.Header) -> tuple[int | None, str | None]:
     """Bytes of a hosted sparse extent: past its metadata and its last grain (from the
     grain directory and tables)."""
+    if not 0 < h.num_gtes_per_gt <= MAX_GTES:
+        return None, f"{h.num_gtes_per_gt} entries per grain table: absurd"
     span = h.grain_size * h.num_gtes_per_gt
     if not span or not 0 < h.gd_offset < (1 << 40):
         return None, "grain directory not found"
