@@ -119,7 +119,8 @@ def main() -> None:
         print(f"| `grep -c -a -b KDMV` (one literal) | {grep:.2f} | {mib / grep:.0f} |")
         from vmsift.forensics.signatures import SIGNATURES
 
-        print(f"| `vmsift carve` scan ({len(doc['hits'])} hits, {len(SIGNATURES)} signatures) | "
+        print(f"| `vmsift carve` call: detect, scan, decode ({len(doc['hits'])} hits, "
+              f"{len(SIGNATURES)} signatures) | "
               f"{doc['seconds']:.2f} | {mib / doc['seconds']:.0f} |")
         print(f"| `vmsift carve --json` whole command | {wall:.2f} | {mib / wall:.0f} |")
         if missed:

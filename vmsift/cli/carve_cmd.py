@@ -40,8 +40,7 @@ def carve(image: str, as_json: bool, extract_dir: str | None, unallocated_only: 
              h.length, {True: "allocated", False: "unallocated", None: "-"}[h.allocated],
              (f"in {h.within:#x}; " if h.within is not None else "") + _facts(h.facts)
              + (f" ({h.note})" if h.note else "")] for h in result.hits]
-    rate = result.scanned / result.seconds / 2**20 if result.seconds else 0
     click.echo(f"{image}: {result.layout}, {human_size(result.size)}, scanned "
-               f"{human_size(result.scanned)} in {result.seconds:.2f} s ({rate:.0f} MiB/s)")
+               f"{human_size(result.scanned)} in {result.seconds:.2f} s")
     click.echo("\n".join(render_table(Table("artefacts", ["offset", "kind", "length",
                                                           "allocation", "facts"], rows))))
