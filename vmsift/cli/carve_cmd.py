@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from ..report import Table, human_size
@@ -28,7 +30,17 @@ def carve(image: str, as_json: bool, extract_dir: str | None, unallocated_only: 
     for each whether it lies in allocated space (VMFS3/5, OCFS2 images)."""
     from ..forensics.carve import carve as carve_image, extract
 
-    result = carve_image(image, unallocated_only=unallocated_only)
+    if sys.stderr.isatty():
+        from ..source import FileSource
+
+        with FileSource(image) as src:  # a block device's size too
+            size = src.size
+        with click.progressbar(length=max(size, 1), label="carve",
+                               file=sys.stderr) as bar:
+            result = carve_image(image, unallocated_only=unallocated_only,
+                                 progress=bar.update)
+    else:
+        result = carve_image(image, unallocated_only=unallocated_only)
     if extract_dir:
         result.warnings += extract(result, extract_dir)
     for warning in result.warnings:

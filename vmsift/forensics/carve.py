@@ -17,7 +17,7 @@ import bisect
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -272,10 +272,11 @@ def _sector_hits(data: bytes, pos: int, n: int) -> Iterator[tuple[int, int]]:
             i = heads.find(prefix, i + 1)
 
 
-def scan(src: ByteSource, ranges: list[tuple[int, int]], block: int = BLOCK
-         ) -> Iterator[tuple[int, int]]:
+def scan(src: ByteSource, ranges: list[tuple[int, int]], block: int = BLOCK,
+         progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, int]]:
     """(artefact start, signature index) of every signature hit in ``ranges``. Blocks
-    overlap by `OVERLAP` bytes: a pattern is reported by the block it starts in."""
+    overlap by `OVERLAP` bytes: a pattern is reported by the block it starts in.
+    ``progress`` is called with the bytes of each block searched."""
     for start, end in ranges:
         pos = start
         while pos < end:
@@ -293,6 +294,8 @@ def scan(src: ByteSource, ranges: list[tuple[int, int]], block: int = BLOCK
                         yield at - sig.at, index
                     i = data.find(sig.pattern, i + 1, stop)
             pos += n
+            if progress:
+                progress(n)
 
 
 def _pair_streams(found: list[Found]) -> list[Found]:
@@ -313,8 +316,10 @@ def _pair_streams(found: list[Found]) -> list[Found]:
     return [f for f in out if id(f) not in used]
 
 
-def carve(path: str, *, unallocated_only: bool = False, block: int = BLOCK) -> CarveResult:
-    """Scan the image at ``path`` for VM artefacts (module docstring)."""
+def carve(path: str, *, unallocated_only: bool = False, block: int = BLOCK,
+          progress: Callable[[int], None] | None = None) -> CarveResult:
+    """Scan the image at ``path`` for VM artefacts (module docstring). ``progress`` is
+    called with byte counts that add up to the image size (skipped space counts too)."""
     began = time.monotonic()
     warnings: list[Problem] = []
     with contextlib.ExitStack() as stack:
@@ -325,7 +330,7 @@ def carve(path: str, *, unallocated_only: bool = False, block: int = BLOCK) -> C
                                    "there is no unallocated space to scan", source=path)
         ranges = data_ranges(src, alloc.free() if unallocated_only else None)
         found: dict[tuple[str, int], Found] = {}
-        for at, index in scan(src, ranges, block):
+        for at, index in scan(src, ranges, block, progress):
             sig = SIGNATURES[index]
             try:
                 got = sig.decoder(src, at)
@@ -344,6 +349,8 @@ def carve(path: str, *, unallocated_only: bool = False, block: int = BLOCK) -> C
                     h.allocated = alloc.at(h.offset)  # the slot lies in a live folder
                 hits.append(h)
         scanned = sum(b - a for a, b in ranges)
+        if progress:
+            progress(src.size - scanned)
         return CarveResult(path, src.size, layout, scanned, time.monotonic() - began, hits,
                            warnings)
 
