@@ -66,6 +66,24 @@ def dissect_vmfs(*paths, lvm: bool = True):
         yield dissect_fs.VMFS(dissect_lvm.LVM(fhs).volumes[0].open() if lvm else fhs[0])
 
 
+def volatility_vmware_layer(vmem: Path, meta: Path):
+    """Volatility 3's VMware layer (a test-only oracle) over ``vmem`` with the region map of
+    the checkpoint file ``meta`` (.vmsn / .vmss)."""
+    try:
+        from volatility3.framework import contexts
+        from volatility3.framework.layers import physical, vmware
+    except ImportError:
+        missing("volatility3 (pip install volatility3)")
+    ctx = contexts.Context()
+    ctx.config["base.location"] = Path(vmem).absolute().as_uri()
+    ctx.add_layer(physical.FileLayer(ctx, "base", "base"))
+    ctx.config["meta.location"] = Path(meta).absolute().as_uri()
+    ctx.add_layer(physical.FileLayer(ctx, "meta", "meta"))
+    ctx.config["vmw.base_layer"] = "base"
+    ctx.config["vmw.meta_layer"] = "meta"
+    return vmware.VmwareLayer(ctx, "vmw", "vmw")
+
+
 def mutate(data, raw: bytes, *, hot: int | None = None, rounds: int = 8) -> bytes:
     """Damage ``raw`` with hypothesis ``data``: flipped bits, cuts, insertions, and fields set
     to all ones, zero or a random 32-bit value. With ``hot``, half the damage lands in the

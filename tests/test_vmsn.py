@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.fixtures import vmsn_writer as w
-from tests.helpers import missing, mutate
+from tests.helpers import mutate, volatility_vmware_layer
 from vmsift.errors import FormatError, LimitError, TruncatedError, UnsupportedError, VmsiftError
 from vmsift.formats import vmsn
 from vmsift.formats.memory import physical_view
@@ -170,25 +170,9 @@ def test_vmem_and_embedded_block_agree(vmss, files):
             assert a.read(addr, 200) == b.read(addr, 200)
 
 
-def _volatility_layer(vmem: Path, meta: Path):
-    try:
-        from volatility3.framework import contexts
-        from volatility3.framework.layers import physical, vmware
-    except ImportError:
-        missing("volatility3 (pip install volatility3)")
-    ctx = contexts.Context()
-    ctx.config["base.location"] = vmem.as_uri()
-    ctx.add_layer(physical.FileLayer(ctx, "base", "base"))
-    ctx.config["meta.location"] = meta.as_uri()
-    ctx.add_layer(physical.FileLayer(ctx, "meta", "meta"))
-    ctx.config["vmw.base_layer"] = "base"
-    ctx.config["vmw.meta_layer"] = "meta"
-    return vmware.VmwareLayer(ctx, "vmw", "vmw")
-
-
 @pytest.mark.parametrize("meta", ["vmsn", "vmss_sep"])
 def test_region_mapping_matches_volatility(files, meta):
-    oracle = _volatility_layer(files["vmem"], files[meta])
+    oracle = volatility_vmware_layer(files["vmem"], files[meta])
     with FileSource(files[meta]) as msrc, FileSource(files["vmem"]) as vmem:
         phys = physical_view(vmem, vmsn.memory_regions(vmsn.read(msrc)))
         assert oracle.maximum_address + 1 == phys.size

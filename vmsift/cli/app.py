@@ -38,6 +38,8 @@ COMMANDS: dict[str, str] = {
     "umount": "vmsift.cli.mount_cmd:umount",
     "audit": "vmsift.cli.audit_cmd:audit",
     "timeline": "vmsift.cli.timeline_cmd:timeline",
+    "memory": "vmsift.cli.memory_cmd:memory",
+    "carve": "vmsift.cli.carve_cmd:carve",
 }
 
 

@@ -16,6 +16,7 @@ signatures and loops in extent trees are `FormatError`s naming the image and off
 from __future__ import annotations
 
 import bisect
+import re
 import stat as stat_mod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Any
 
 from ..cache import LruCache
 from ..errors import (ErrorKind, FormatError, LimitError, Problem, SourceError, TruncatedError,
-                      UnsupportedError, VmsiftError)
+                      UnsupportedError, VmsiftError, check_limit)
 from ..formats.ocfs2 import structs as S
 from ..formats.ocfs2.checksum import metaecc_crc, stored_crc
 from ..formats.ocfs2.cluster import parse_heartbeat, parse_slot_map
@@ -168,6 +169,9 @@ class Ocfs2File(ByteSource):
         if pending:
             out.append(self.volume._read_data(pending[0], pending[1], self.name))
         return b"".join(out)
+
+
+_FREE_BITS = re.compile("0+")  # runs of clear bits of a bitmap written as text
 
 
 class Ocfs2Volume(Volume):
@@ -662,6 +666,17 @@ class Ocfs2Volume(Volume):
             raise not_a_file(FileType.from_mode(ino.mode), repr(path), self.name)
         return Ocfs2File(self, ino, f"{self.name}:{path}")
 
+    def device_runs(self, path: str) -> list[tuple[int, int, int]]:
+        """(file offset, volume offset, length) of the stored data of ``path``, a file or a
+        folder: inline data lies in its inode block; holes and unwritten extents are left
+        out."""
+        inode = self.inode(self.inode_number(path))
+        data = Ocfs2File(self, inode, f"{self.name}:{path}")
+        if data._inline is not None:
+            return [(0, inode.blkno * self.block_size + S.INLINE_DATA, len(data._inline))]
+        return [(off, phys, n) for off, n, kind, phys in data.physical_runs()
+                if kind is Alloc.DATA and phys is not None]
+
     def open_inode(self, blkno: int) -> Ocfs2File:
         """The data of the inode at ``blkno`` (an orphan or a recovered deleted entry)."""
         return Ocfs2File(self, self.inode(blkno), f"{self.name}:<inode {blkno}>")
@@ -674,6 +689,38 @@ class Ocfs2Volume(Volume):
     def _system_file(self, name: str) -> Inode | None:
         ino = self._children(self.sb.system_dir_blkno).get(name.encode())
         return self.inode(ino) if ino else None
+
+    def free_ranges(self) -> list[tuple[int, int]]:
+        """[start, end) byte ranges of clusters the global bitmap marks free. Each chain of
+        ``//global_bitmap`` links group descriptors; bit i of a group is cluster
+        ``first + i`` (first: 0 for the group at the superblock's first cluster group, else
+        the group descriptor's own cluster); a set bit is a used cluster. Clusters a slot's
+        local-alloc window holds count as used."""
+        ino = self._system_file("global_bitmap")
+        if ino is None or not ino.is_chain:
+            raise FormatError("no global_bitmap chain allocator", source=self.name)
+        chains = self._chains(ino)
+        cs, bs = self.cluster_size, self.block_size
+        free: list[tuple[int, int]] = []
+        seen: set[int] = set()
+        for rec in chains["records"]:
+            blkno = rec["first_group"]
+            while blkno and blkno not in seen:
+                check_limit(len(seen), 1 << 20, "bitmap groups", source=self.name)
+                seen.add(blkno)
+                raw = self.block(blkno, "bitmap group descriptor")
+                g = S.GroupDesc.parse(raw)
+                if g.signature != S.GROUP_SIGNATURE:
+                    raise FormatError(f"bitmap group {blkno}: bad signature {g.signature!r}",
+                                      source=self.name, offset=blkno * bs)
+                first = 0 if blkno == self.sb.first_cluster_group else blkno * bs // cs
+                bits = min(g.bits, g.size * 8)
+                bitmap = int.from_bytes(raw[S.GROUP_BITMAP:S.GROUP_BITMAP + g.size], "little")
+                text = format(bitmap, f"0{g.size * 8}b")[::-1][:bits]  # text[i]: bit i
+                free += [((first + m.start()) * cs, (first + m.end()) * cs)
+                         for m in _FREE_BITS.finditer(text)]
+                blkno = g.next_group
+        return sorted(free)
 
     def slot_map(self) -> list[dict[str, Any]]:
         ino = self._system_file("slot_map")

@@ -523,6 +523,54 @@ class Vmfs:
                             out.append((F.name_str(e.name), e.type, e.addr, False))
         return out
 
+    # -- free space -----------------------------------------------------------------------
+
+    def _free_resources(self, key: str) -> Iterator[tuple[int, int]]:
+        """(cluster, resource) of every free resource of resource file ``key`` (VMFS3/5):
+        each cluster header holds, 512 bytes in, its cluster number, resource count, free
+        count, next free resource and a 64-byte bitmap where a set bit is a free resource
+        (the layout our writer keeps; docs/formats/vmfs.md)."""
+        fd, geo = self._geometry(key)
+        clusters = -(-geo.num_resources // max(geo.resources_per_cluster, 1))
+        check_limit(clusters, 1 << 24, f"{key} clusters", source=self.name, offset=fd.lv_offset)
+        for c in range(clusters):
+            group, in_group = divmod(c, geo.clusters_per_group)
+            at = geo.cluster_group_offset + group * geo.cluster_group_size + \
+                in_group * geo.cluster_header
+            md = self._read_file(fd, at + F.CLUSTER_META, F.CLUSTER_META_SIZE)
+            if len(md) < F.CLUSTER_META_SIZE:
+                raise FormatError(f"{key} cluster {c}: header past the end of its file",
+                                  source=self.name, offset=fd.lv_offset)
+            number, total, free, _ = struct.unpack_from("<4I", md)
+            if number != c or total > min(geo.resources_per_cluster, 512):
+                raise FormatError(f"{key} cluster {c}: header says cluster {number} of "
+                                  f"{total} resources", source=self.name, offset=fd.lv_offset)
+            if free:
+                bits = int.from_bytes(md[16:80], "little")
+                yield from ((c, r) for r in range(total) if bits >> r & 1)
+
+    def free_ranges(self) -> list[tuple[int, int]]:
+        """[start, end) LV ranges the allocation bitmaps mark free: file blocks of
+        ``.fbb.sf`` and sub-blocks of ``.sbc.sf`` (VMFS3/5; VMFS6 bitmaps are not
+        understood: `UnsupportedError`)."""
+        if self.vmfs6:
+            raise UnsupportedError("VMFS6 allocation bitmaps are not decoded",
+                                   source=self.name)
+        rpc = self._geometry("fbb")[1].resources_per_cluster
+        ranges = [((c * rpc + r) * self.fbs, (c * rpc + r + 1) * self.fbs)
+                  for c, r in self._free_resources("fbb")]
+        sbs = self._geometry("sbc")[1].resource_size
+        ranges += [(lv, lv + sbs) for lv in (self._resource_lv("sbc", c, r)
+                                              for c, r in self._free_resources("sbc"))]
+        ranges.sort()
+        merged: list[tuple[int, int]] = []
+        for start, end in ranges:
+            if merged and start <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+            else:
+                merged.append((start, min(end, self.lv.size)))
+        return merged
+
     # -- heartbeats -----------------------------------------------------------------------
 
     def heartbeats(self) -> list[dict]:
@@ -703,6 +751,15 @@ class VmfsVolume(Volume):
             raise LimitError(f"symbolic link target is {fd.meta.length} bytes", source=self.name,
                              offset=fd.lv_offset)
         return self.fs._read_file(fd, 0, fd.meta.length).decode("utf-8", "replace")
+
+    def device_runs(self, path: str) -> list[tuple[int, int, int]]:
+        """(file offset, LV offset, length) of the stored data of ``path``, a file or a
+        folder (resident data, holes and to-be-zeroed blocks have no place and are left out)."""
+        fd, _ = self._lookup(path)
+        if fd.meta.zla == F.Zla.RESIDENT:
+            return []
+        return [(off, lv, n) for off, n, kind, lv in self.fs._runs(fd, 0, fd.meta.length)
+                if kind is Alloc.DATA and lv is not None]
 
     def readlink(self, path: str) -> str:
         fd, path = self._lookup(path)

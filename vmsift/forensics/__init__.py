@@ -1,1 +1,1 @@
-"""Forensic workflows on top of the datastore layer: hardening audit, timeline."""
+"""The examiner's side: hardening audit, timeline, guest memory out of checkpoint files, carving."""

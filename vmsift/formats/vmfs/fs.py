@@ -310,6 +310,11 @@ DIR6_BLOCK_DIRENT, DIR6_BLOCK_LINK, DIR6_BLOCK_ALLOC = 1, 2, 3
 
 RawDiskMap = ScsiDiskId
 
+#: VMFS3/5 resource cluster metadata, this far into a cluster header (after its lock):
+#: cluster number, resource count, free count, next free (u32 each), 64-byte free bitmap.
+CLUSTER_META = 512
+CLUSTER_META_SIZE = 80
+
 
 @dataclass(frozen=True)
 class FdLayout:
