@@ -94,6 +94,9 @@ def test_contract_put_get_list_delete(backend):
     assert backend.get("data", NAME) == payload
     backend.flush()                                       # every put is durable after it
     backend.flush()
+    for kind in ("data", "index", "locks", "config"):     # objects are never leftovers
+        assert backend.remove_leftovers(kind) == 0
+    assert backend.get("data", NAME) == payload and backend.exists("index", "cd" * 32)
     with pytest.raises(RepositoryError, match="short|shorter"):
         backend.get("data", NAME, len(payload) - 10, 20)  # reaching past the end
     with pytest.raises(MissingObjectError):
@@ -262,3 +265,50 @@ def test_repository_flushes_packs_before_each_index(tmp_path, monkeypatch):
         if kind == "index":                  # no pack put since the last flush
             last_flush = max(j for j in range(i) if calls[j] == "flush")
             assert "data" not in calls[last_flush:i]
+
+
+def test_local_leftovers_of_killed_writers_are_removed_by_age(tmp_path):
+    """A temporary a killed writer left (dot name, .tmp) is never listed, and is deleted by
+    remove_leftovers once it is older than the age asked for; objects stay."""
+    b = LocalBackend(str(tmp_path / "repo"))
+    b.create()
+    b.put("data", NAME, b"pack")
+    b.put("locks", "ef" * 16, b"{}")
+    root = tmp_path / "repo"
+    old = [root / "data" / "ab" / f".{NAME}.0a0b0c0d.tmp", root / "index" / ".x.01020304.tmp"]
+    young = root / "locks" / f".{'ef' * 16}.05060708.tmp"
+    for path in (*old, young):
+        path.write_bytes(b"half written")
+    past = os.path.getmtime(young) - 600
+    for path in old:
+        os.utime(path, (past, past))
+    assert [n for n, _ in b.list("data")] == [NAME]       # never listed
+    assert b.remove_leftovers("locks", older_than=60) == 0 and young.exists()
+    assert b.remove_leftovers("data", older_than=60) == 12
+    assert b.remove_leftovers("index") == 12
+    assert b.remove_leftovers("locks") == 12
+    assert not any(p.exists() for p in (*old, young))
+    assert b.get("data", NAME) == b"pack" and b.exists("locks", "ef" * 16)
+
+
+def test_lock_taker_clears_old_lock_temporaries_and_prune_all_temporaries(tmp_path,
+                                                                          monkeypatch):
+    from vmsift.backup.pruner import prune
+    from vmsift.backup.repository import Repository
+
+    monkeypatch.setenv("VMSIFT_CACHE_DIR", str(tmp_path / "cache"))
+    repo = Repository.init(str(tmp_path / "repo"), encryption="none")
+    root = tmp_path / "repo"
+    old_lock, new_lock = root / "locks" / ".a.00000001.tmp", root / "locks" / ".b.00000002.tmp"
+    pack, index = root / "data" / "7f" / ".7f00.00000003.tmp", root / "index" / ".i.00000004.tmp"
+    for path in (old_lock, new_lock, pack, index):
+        path.write_bytes(b"x" * 100)
+    past = os.path.getmtime(old_lock) - 120
+    os.utime(old_lock, (past, past))
+    with repo.lock(exclusive=False):
+        assert not old_lock.exists() and new_lock.exists() and pack.exists()
+    with repo.lock(exclusive=True):
+        result = prune(repo)
+    assert result.leftovers_freed == 200 and not pack.exists() and not index.exists()
+    assert new_lock.exists()                              # a lock write may be under way
+    repo.close()

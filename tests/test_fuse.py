@@ -585,6 +585,9 @@ def test_repository_mount(folder_ds, tmp_path, monkeypatch):
         web_latest = [s for s in snaps if s.vm_name == "web01"][-1]
         assert os.readlink(mnt / "latest" / "web01") == \
             f"../snapshots/{web_latest.short_id}/web01"
+        when = int(web_latest.time.timestamp())  # links carry their snapshot's time, not 1970
+        assert int(os.lstat(mnt / "latest" / "web01").st_mtime) == when
+        assert int(os.stat(mnt / "latest").st_mtime) == int(snaps[-1].time.timestamp())
         for snap in snaps:
             here = mnt / "snapshots" / snap.short_id / snap.vm_name
             for disk in snap.disks:

@@ -5,7 +5,9 @@ take exclusive ones; two locks conflict when either is exclusive. A lock records
 the process's start time and when it was last refreshed (every `REFRESH` seconds, by writing
 a new lock and deleting the old). A lock is stale, and cleared by whoever finds it, when its
 process is gone from this host (or the pid now belongs to a later process), or when it was
-not refreshed for `STALE_AFTER` seconds (a host that died).
+not refreshed for `STALE_AFTER` seconds (a host that died). Whoever takes a lock also
+deletes the temporaries of lock writes killed before they were renamed into place, once they
+are `LEFTOVER_AGE` seconds old (a lock is written in microseconds).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .backends import Backend
 REFRESH = 300
 STALE_AFTER = 1800
 POLL = 1.0
+LEFTOVER_AGE = 60
 
 
 def process_start(pid: int) -> str | None:
@@ -109,6 +112,7 @@ class Lock:
                 elif self.exclusive or other.exclusive:
                     blocking.append(other)
             if not blocking:
+                self.backend.remove_leftovers("locks", older_than=LEFTOVER_AGE)
                 break
             self.backend.delete("locks", self.name)
             self.name = None

@@ -7,7 +7,7 @@
 3. Repack: the used blobs of those packs are read (verified) and written into new packs
    with an index object of their own.
 4. A new index for everything kept is stored, then the old index objects are deleted, then
-   the packs no longer needed.
+   the packs no longer needed, then the temporaries killed writers left (never listed).
 
 A kill at any moment leaves only extra objects: before 4's deletions every pack the old
 index names still exists, and after them every blob a snapshot uses is in a pack the new
@@ -35,6 +35,7 @@ class PruneResult:
     packs_repacked: int = 0
     packs_written: int = 0
     bytes_freed: int = 0
+    leftovers_freed: int = 0
     unused_before: int = 0
     unused_after: int = 0
     total_before: int = 0
@@ -133,6 +134,8 @@ def prune(repo: Repository, max_unused: float = 0.05, dry_run: bool = False,
     say(f"deleting {len(gone)} pack(s)")
     for pack in sorted(gone):
         repo.backend.delete("data", pack)
+    for kind in ("data", "index", "snapshots", "keys"):  # locks/: see lock.LEFTOVER_AGE
+        result.leftovers_freed += repo.backend.remove_leftovers(kind)
     repo.index.reset()
     repo.sync_index()
     return result

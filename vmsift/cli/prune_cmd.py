@@ -29,7 +29,9 @@ def _prune(repo, max_unused: str, dry_run: bool, as_json: bool) -> dict:
         verb = "would free" if dry_run else "freed"
         click.echo(f"prune: {verb} {human_size(r.bytes_freed)}: {r.packs_deleted} pack(s) "
                    f"deleted, {r.packs_repacked} repacked into {r.packs_written}; "
-                   f"{human_size(r.unused_after)} unused left")
+                   f"{human_size(r.unused_after)} unused left"
+                   + (f"; {human_size(r.leftovers_freed)} of temporaries left by killed writers "
+                      "deleted" if r.leftovers_freed else ""))
     return r.to_dict()
 
 

@@ -282,9 +282,10 @@ def repository_tree(repo) -> Tree:
     root = Dir()
     by_id = root.add("snapshots", Dir())
     by_time = root.add("by-time", Dir())
-    latest: dict[str, str] = {}
+    latest: dict[str, tuple[str, float]] = {}
     for snap in snapshots:  # oldest first
         when = snap.time.timestamp()
+        link = Attrs(0o777, mtime=when, ctime=when)
         short = unique_name(by_id.children(), snap.short_id)
         folder = by_id.add(short, Dir(attrs=Attrs(0o555, 2, mtime=when, ctime=when),
                                       xattrs={"user.vmsift.snapshot": snap.id}))
@@ -295,11 +296,15 @@ def repository_tree(repo) -> Tree:
                             "user.vmsift.vm": json.dumps(snap.vm, sort_keys=True,
                                                          default=str)}))
         stamp = snap.time.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        by_time.add(unique_name(by_time.children(), stamp), Symlink(f"../snapshots/{short}"))
-        latest[vm] = f"../snapshots/{short}/{vm}"
+        by_time.add(unique_name(by_time.children(), stamp),
+                    Symlink(f"../snapshots/{short}", link))
+        latest[vm] = (f"../snapshots/{short}/{vm}", when)
     top = root.add("latest", Dir())
-    for vm, target in latest.items():
-        top.add(vm, Symlink(target))
+    for vm, (target, when) in latest.items():
+        top.add(vm, Symlink(target, Attrs(0o777, mtime=when, ctime=when)))
+    newest = max((s.time.timestamp() for s in snapshots), default=0.0)
+    for folder in (root, by_id, by_time, top):
+        folder.attrs = Attrs(0o555, 2, mtime=newest, ctime=newest)
     return Tree(root, name=f"vmsift:{repo.location}")
 
 

@@ -46,6 +46,13 @@ class Backend:
     def flush(self) -> None:
         """Make every object put so far durable (called before an index names packs)."""
 
+    def remove_leftovers(self, kind: str, older_than: float = 0.0) -> int:
+        """Delete the temporaries of ``kind`` that killed writers left (never listed) and
+        that are at least ``older_than`` seconds old; return the bytes freed. With no age
+        this is safe only while nobody else writes: prune calls it under its exclusive lock.
+        Stores whose puts are atomic leave none."""
+        return 0
+
     def delete(self, kind: str, name: str) -> None:
         """Remove the object; a missing one is not an error."""
         raise NotImplementedError

@@ -6,7 +6,7 @@ listings short), ``<kind>/<name>`` for the rest. Objects are written through
 the folder; packs skip the fsync when put (their writeback is started) and are fsynced, with
 their folders, by `flush`, which comes before any index names them. A pack found cut short
 (a crash before its flush) is written again by the next put of it. Temporaries left by a
-killed writer start with a dot and are never listed.
+killed writer start with a dot, are never listed, and are deleted by `remove_leftovers`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 from collections.abc import Iterator
 
 from ...errors import MissingObjectError, RepositoryError, SourceError
@@ -66,9 +67,7 @@ class LocalBackend(Backend):
                 yield "config", os.path.getsize(self._path("config", "config"))
             return
         top = os.path.join(self.root, kind)
-        folders = [os.path.join(top, d) for d in sorted(os.listdir(top))] \
-            if kind == "data" and os.path.isdir(top) else [top]
-        for folder in folders:
+        for folder in self._folders(kind):
             try:
                 with os.scandir(folder) as it:
                     for entry in it:
@@ -154,6 +153,32 @@ class LocalBackend(Backend):
             with self._lock:
                 self._unflushed |= paths
             raise _error(e, "cannot flush packs to disk", self.root) from None
+
+    def _folders(self, kind: str) -> list[str]:
+        top = os.path.join(self.root, kind)
+        if kind != "data":
+            return [top]
+        return [os.path.join(top, d) for d in sorted(os.listdir(top))] if os.path.isdir(top) \
+            else [top]
+
+    def remove_leftovers(self, kind: str, older_than: float = 0.0) -> int:
+        if kind == "config":
+            return 0  # written once, by init
+        freed, cutoff = 0, time.time() - older_than
+        for folder in self._folders(kind):
+            try:
+                with os.scandir(folder) as it:
+                    temps = [e for e in it if e.name.startswith(".") and e.name.endswith(".tmp")]
+                for entry in temps:
+                    st = entry.stat(follow_symlinks=False)
+                    if st.st_mtime <= cutoff:
+                        os.unlink(entry.path)
+                        freed += st.st_size
+            except FileNotFoundError:
+                continue  # a folder or temporary gone meanwhile
+            except OSError as e:
+                raise _error(e, f"cannot clean {kind}", folder) from None
+        return freed
 
     def delete(self, kind: str, name: str) -> None:
         try:

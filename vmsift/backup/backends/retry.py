@@ -52,6 +52,9 @@ class RetryBackend(Backend):
     def flush(self) -> None:
         self._call("flush", self.inner.flush)
 
+    def remove_leftovers(self, kind: str, older_than: float = 0.0) -> int:
+        return self._call(f"clean {kind}", lambda: self.inner.remove_leftovers(kind, older_than))
+
     def delete(self, kind: str, name: str) -> None:
         self._call(f"delete {kind}/{name}", lambda: self.inner.delete(kind, name))
 
