@@ -18,6 +18,7 @@ import collections
 import concurrent.futures
 import datetime as dt
 import fnmatch
+import functools
 import os
 import posixpath
 import secrets
@@ -43,6 +44,7 @@ from .sources import TreeFile, disk_tree, identity_now, open_source
 
 BLOCK = 4 << 20          # bytes read from a source at a time (whole cells)
 AHEAD = 8                # blocks read ahead of hashing; bounds memory to AHEAD * BLOCK
+COPIES_AHEAD = 4096      # runs of unread cells queued behind them
 SEAL_AHEAD = 32 << 20   # bytes of cells being sealed at once
 PUTTERS = 2             # packs stored at once (a local disk gains queue depth; S3 more)
 PUTS_AHEAD = 4          # packs (16 MiB each) waiting to be stored
@@ -255,10 +257,19 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
     out = StreamWriter(repo, writer, src.size)
     stats = out.stats
     per_block = max(BLOCK // cell, 1)
-    hashing: collections.deque = collections.deque()
+    # in stream order: blocks being hashed, and the runs of cells that need no reading
+    # (zeros, holes, cells of the previous backup), so reading never waits for hashing
+    pending: collections.deque = collections.deque()
+    hashed_ahead = 0
 
-    def take_hashed() -> None:
-        pos, data, future = hashing.popleft()
+    def take() -> None:
+        nonlocal hashed_ahead
+        entry = pending.popleft()
+        if callable(entry):
+            entry()
+            return
+        hashed_ahead -= 1
+        pos, data, future = entry
         ids = future.result()
         known = writer.known([i for i in ids if i is not None])
         view = memoryview(data)
@@ -280,16 +291,18 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
         if progress:
             progress(len(data))
 
+    def empty(kind: Alloc, count: int, n: int) -> None:
+        out.empty(kind, count)
+        stats.skipped += n
+        if progress:
+            progress(n)
+
     def read_cells(first: int, count: int) -> None:
+        nonlocal hashed_ahead
         for seg in segments(src, cell, first, count):
             if seg.kind is not Alloc.DATA:
-                while hashing:
-                    take_hashed()
                 n = min(seg.count * cell, src.size - seg.first * cell)
-                out.empty(seg.kind, seg.count)
-                stats.skipped += n
-                if progress:
-                    progress(n)
+                pending.append(functools.partial(empty, seg.kind, seg.count, n))
                 continue
             for block in range(seg.first, seg.first + seg.count, per_block):
                 n_cells = min(per_block, seg.first + seg.count - block)
@@ -297,13 +310,12 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
                 n = min(n_cells * cell, src.size - pos)
                 data = src.read_exact(pos, n, "disk data")
                 stats.read += n
-                hashing.append((pos, data, repo.pool.submit(_hash_block, repo, data, cell)))
-                while len(hashing) > AHEAD:
-                    take_hashed()
+                pending.append((pos, data, repo.pool.submit(_hash_block, repo, data, cell)))
+                hashed_ahead += 1
+                while hashed_ahead > AHEAD:
+                    take()
 
-    def copy_cells(first: int, count: int) -> None:
-        while hashing:
-            take_hashed()
+    def copy(first: int, count: int) -> None:
         end = first + count
         for c0, n, kind, chunk_id in base.records(first * cell, min(src.size, end * cell)):
             lo, hi = max(c0, first), min(c0 + n, end)
@@ -317,16 +329,22 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
             if progress:
                 progress(nbytes)
 
+    def copy_cells(first: int, count: int) -> None:
+        pending.append(functools.partial(copy, first, count))
+        while len(pending) > COPIES_AHEAD:  # a hint of many small ranges: bound the queue
+            take()
+
     try:
         for first, count, read in cell_plan(changed if base is not None else None, cell,
                                             out.cells):
             (read_cells if read else copy_cells)(first, count)
-        while hashing:
-            take_hashed()
+        while pending:
+            take()
         stream = out.finish()
     finally:
-        for _, _, f in hashing:
-            f.cancel()
+        for entry in pending:
+            if not callable(entry):
+                entry[2].cancel()
     stats.seconds = time.monotonic() - started
     return stream, stats
 

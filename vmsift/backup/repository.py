@@ -11,6 +11,8 @@ With ``repokey`` the keys are in ``keys/<name>`` (`crypto.seal_keys`), opened by
 
 from __future__ import annotations
 
+import bisect
+
 import concurrent.futures
 import contextlib
 import datetime as dt
@@ -341,18 +343,20 @@ class StreamSource(ByteSource):
                                  f"{self.cells} cells")
         self._leaves = LruCache(self.LEAVES_CACHED)
 
-    def leaf(self, i: int) -> list[tuple[int, int, Alloc, bytes | None]]:
-        """(first cell, count, kind, id) records of leaf ``i``."""
+    def leaf(self, i: int) -> tuple[list[int], list[tuple[int, int, Alloc, bytes | None]]]:
+        """The first cell of each record of leaf ``i``, and its (first cell, count, kind, id)
+        records."""
         return self._leaves.get_or(i, lambda: self._decode_leaf(i))
 
-    def _decode_leaf(self, i: int) -> list[tuple[int, int, Alloc, bytes | None]]:
+    def _decode_leaf(self, i: int):
         raw = self.repo.load_blob(bytes.fromhex(self.stream.leaves[i]), cache=False)
-        records, cell = [], i * LEAF_CELLS
+        starts, records, cell = [], [], i * LEAF_CELLS
         for kind, count, chunk_id in decode_leaf(raw, leaf_cells(i, self.cells),
                                                  f"{self.name}: manifest leaf {i}"):
+            starts.append(cell)
             records.append((cell, count, kind, chunk_id))
             cell += count
-        return records
+        return starts, records
 
     def records(self, start: int, end: int) -> Iterator[tuple[int, int, Alloc, bytes | None]]:
         """Records of the cells overlapping byte range [start, end)."""
@@ -360,9 +364,11 @@ class StreamSource(ByteSource):
             return
         first, last = start // self.cell, (end - 1) // self.cell
         for i in range(first // LEAF_CELLS, last // LEAF_CELLS + 1):
-            for rec in self.leaf(i):
-                if rec[0] + rec[1] > first and rec[0] <= last:
-                    yield rec
+            starts, records = self.leaf(i)
+            for k in range(max(bisect.bisect_right(starts, first) - 1, 0), len(records)):
+                if records[k][0] > last:
+                    break
+                yield records[k]
 
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Run]:
         start, end = clip(self.size, offset, length)
