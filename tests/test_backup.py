@@ -472,3 +472,24 @@ def test_change_tracking_hint_and_its_checks(tmp_path, cache):
     assert fourth["hint_missed"] == [{"offset": 12 * 65536, "length": 65536}]
     text = vmsift("backup", "-r", repo, vm, "--verify-hints")
     assert "the hint missed nothing" in text.stdout   # the CTK now matches the last backup
+
+
+def test_disk_whose_data_cannot_be_read_midway_is_skipped_with_file_and_offset(tmp_path,
+                                                                              cache):
+    """A grain past the end of a cut extent fails in the middle of the stream (a read job of
+    the pool): that disk is reported with the file and offset and left out, the rest kept."""
+    vm, repo = tmp_path / "vm", tmp_path / "repo"
+    make_vm(vm)
+    extent = vm / "data-s001.vmdk"
+    size = extent.stat().st_size
+    with open(extent, "r+b") as f:             # the last grains (the 0x45 write) cut off
+        f.truncate(size - 32 * 1024)
+    ok("init", "-r", repo, "--encryption", "none")
+    out = vmsift("backup", "-r", repo, vm)
+    assert out.returncode == 10, out.stderr
+    (line,) = [x for x in out.stderr.splitlines() if x.startswith("warning:")]
+    assert "disk data.vmdk (scsi0:1) not backed up:" in line and "data-s001.vmdk @ 0x" in line
+    assert "runs past the end of the file" in line, line
+    assert "Traceback" not in out.stderr
+    ls = json.loads(ok("ls", "--json", "-r", repo, "latest").stdout)["snapshot"]
+    assert [d["name"] for d in ls["disks"]] == ["web.vmdk"]

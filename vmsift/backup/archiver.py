@@ -5,8 +5,9 @@ folder, or one disk (a VMDK of any kind, or a raw image). Per VM: its small file
 disk flattened at its current state, as streams (`chunker` cells, `manifest` leaves).
 
 The pipeline per stream: the map says which cells are DATA; those are read in blocks of
-`BLOCK` bytes on this thread, hashed (keyed blake3) and checked for zeros in the worker pool;
-ids the index already has are reused; the others are sealed (zstd, AES-GCM) in the pool and
+`BLOCK` bytes, hashed (keyed blake3) and checked for zeros by jobs of the worker pool, up to
+`AHEAD` blocks at once (scattered reads of a change hint overlap), and taken back in stream
+order; ids the index already has are reused; the others are sealed (zstd, AES-GCM) in the pool and
 appended to packs, which are stored by one writer thread. An index object is stored after
 every `repository.INDEX_EVERY` packs and at the end, and only then the snapshot: a killed
 backup leaves packs no snapshot names, which `check` reports as unused and nothing else.
@@ -43,7 +44,7 @@ from .hints import Hint, choose
 from .sources import TreeFile, disk_tree, identity_now, open_source
 
 BLOCK = 4 << 20          # bytes read from a source at a time (whole cells)
-AHEAD = 8                # blocks read ahead of hashing; bounds memory to AHEAD * BLOCK
+AHEAD = 8                # blocks read and hashed at once; bounds memory to AHEAD * BLOCK
 COPIES_AHEAD = 4096      # runs of unread cells queued behind them
 SEAL_AHEAD = 32 << 20   # bytes of cells being sealed at once
 PUTTERS = 2             # packs stored at once (a local disk gains queue depth; S3 more)
@@ -138,6 +139,14 @@ class BlobWriter:
         for f in self._puts:
             f.cancel()
         self._uploader.shutdown(wait=True, cancel_futures=True)
+
+
+def _read_and_hash(repo: Repository, src: ByteSource, pos: int, n: int, cell: int
+                   ) -> tuple[bytes, list[bytes | None]]:
+    """A block of ``src`` and the id of each of its cells (a pool job: several reads are
+    in flight at once, so scattered reads overlap each other and the hashing)."""
+    data = src.read_exact(pos, n, "disk data")
+    return data, _hash_block(repo, data, cell)
 
 
 def _hash_block(repo: Repository, data: bytes, cell: int) -> list[bytes | None]:
@@ -257,20 +266,19 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
     out = StreamWriter(repo, writer, src.size)
     stats = out.stats
     per_block = max(BLOCK // cell, 1)
-    # in stream order: blocks being hashed, and the runs of cells that need no reading
-    # (zeros, holes, cells of the previous backup), so reading never waits for hashing
+    # in stream order: blocks being read and hashed, and the runs of cells that need no
+    # reading (zeros, holes, cells of the previous backup), which wait for none of them
     pending: collections.deque = collections.deque()
     hashed_ahead = 0
 
     def take() -> None:
         nonlocal hashed_ahead
         entry = pending.popleft()
-        if callable(entry):
+        if not isinstance(entry, concurrent.futures.Future):
             entry()
             return
         hashed_ahead -= 1
-        pos, data, future = entry
-        ids = future.result()
+        data, ids = entry.result()
         known = writer.known([i for i in ids if i is not None])
         view = memoryview(data)
         new: list[tuple[bytes, memoryview]] = []
@@ -308,9 +316,8 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
                 n_cells = min(per_block, seg.first + seg.count - block)
                 pos = block * cell
                 n = min(n_cells * cell, src.size - pos)
-                data = src.read_exact(pos, n, "disk data")
                 stats.read += n
-                pending.append((pos, data, repo.pool.submit(_hash_block, repo, data, cell)))
+                pending.append(repo.pool.submit(_read_and_hash, repo, src, pos, n, cell))
                 hashed_ahead += 1
                 while hashed_ahead > AHEAD:
                     take()
@@ -343,8 +350,8 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
         stream = out.finish()
     finally:
         for entry in pending:
-            if not callable(entry):
-                entry[2].cancel()
+            if isinstance(entry, concurrent.futures.Future):
+                entry.cancel()
     stats.seconds = time.monotonic() - started
     return stream, stats
 
