@@ -7,8 +7,8 @@ disk flattened at its current state, as streams (`chunker` cells, `manifest` lea
 The pipeline per stream: the map says which cells are DATA; those are read in blocks of
 `BLOCK` bytes, hashed (keyed blake3) and checked for zeros by jobs of the worker pool, up to
 `AHEAD` blocks at once (scattered reads of a change hint overlap), and taken back in stream
-order; ids the index already has are reused; the others are sealed (zstd, AES-GCM) in the pool and
-appended to packs, which are stored by one writer thread. An index object is stored after
+order; ids the index already has are reused; the others are sealed (zstd, AES-GCM) in the
+pool and appended to packs, which are stored by one writer thread. An index object is stored after
 every `repository.INDEX_EVERY` packs and at the end, and only then the snapshot: a killed
 backup leaves packs no snapshot names, which `check` reports as unused and nothing else.
 """
@@ -348,10 +348,11 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
         while pending:
             take()
         stream = out.finish()
-    finally:
-        for entry in pending:
-            if isinstance(entry, concurrent.futures.Future):
-                entry.cancel()
+    finally:  # on an error: no job may still read the source once the caller closes it
+        jobs = [e for e in pending if isinstance(e, concurrent.futures.Future)]
+        for job in jobs:
+            job.cancel()
+        concurrent.futures.wait(jobs)
     stats.seconds = time.monotonic() - started
     return stream, stats
 
