@@ -23,6 +23,15 @@ vmsd_time() {  # snapshotI.createTimeHigh/Low at DAYS ago, HH:MM:SS (UTC): micro
   printf 'snapshot%d.createTimeHigh = "%d"\nsnapshot%d.createTimeLow = "%d"' "$1" $(( us >> 32 )) "$1" "$low"
 }
 logtime() { date -u -d "-$1 days $2" +%Y-%m-%dT%H:%M:%S.000Z; }
+vmsd_snapshot() {  # INDEX UID PARENT|- NAME DAYS HH:MM:SS DISK0 DISK1: one snapshot of a .vmsd
+  local i=$1
+  printf 'snapshot%d.uid = "%s"\n' "$i" "$2"
+  [ "$3" = - ] || printf 'snapshot%d.parent = "%s"\n' "$i" "$3"
+  printf 'snapshot%d.filename = "web-Snapshot%s.vmsn"\nsnapshot%d.displayName = "%s"\n' "$i" "$2" "$i" "$4"
+  vmsd_time "$i" "$5" "$6"; printf '\nsnapshot%d.numDisks = "2"\n' "$i"
+  printf 'snapshot%d.disk0.fileName = "%s"\nsnapshot%d.disk0.node = "scsi0:0"\n' "$i" "$7" "$i"
+  printf 'snapshot%d.disk1.fileName = "%s"\nsnapshot%d.disk1.node = "scsi0:1"\n' "$i" "$8" "$i"
+}
 
 step "a datastore folder with VM web: a 1 GiB system disk and a 256 MiB data disk (qemu-img),"
 printf '   two snapshots (installed, patched) and the running deltas, .vmx, .vmsd, vmware.log\n'
@@ -64,25 +73,8 @@ cat > web.vmsd <<VMSD
 snapshot.lastUID = "2"
 snapshot.current = "2"
 snapshot.numSnapshots = "2"
-snapshot0.uid = "1"
-snapshot0.filename = "web-Snapshot1.vmsn"
-snapshot0.displayName = "installed"
-$(vmsd_time 0 9 10:02:14)
-snapshot0.numDisks = "2"
-snapshot0.disk0.fileName = "web.vmdk"
-snapshot0.disk0.node = "scsi0:0"
-snapshot0.disk1.fileName = "web_1.vmdk"
-snapshot0.disk1.node = "scsi0:1"
-snapshot1.uid = "2"
-snapshot1.parent = "1"
-snapshot1.filename = "web-Snapshot2.vmsn"
-snapshot1.displayName = "patched"
-$(vmsd_time 1 2 22:40:12)
-snapshot1.numDisks = "2"
-snapshot1.disk0.fileName = "web-000001.vmdk"
-snapshot1.disk0.node = "scsi0:0"
-snapshot1.disk1.fileName = "web_1-000001.vmdk"
-snapshot1.disk1.node = "scsi0:1"
+$(vmsd_snapshot 0 1 - installed 9 10:02:14 web.vmdk web_1.vmdk)
+$(vmsd_snapshot 1 2 1 patched 2 22:40:12 web-000001.vmdk web_1-000001.vmdk)
 VMSD
 cat > vmware.log <<LOG
 $(logtime 9 09:14:03) In(05) vmx Log for VMware ESX pid=2099453 version=8.0.3 build=build-24022510 option=Release
@@ -119,18 +111,7 @@ step "the VM takes a snapshot (new deltas) and writes 2 MiB: backup 2 reads only
  fill web-000003.vmdk 300M 2 random
  sed -i 's/web-000002.vmdk/web-000003.vmdk/; s/web_1-000002.vmdk/web_1-000003.vmdk/' web.vmx
  sed -i 's/lastUID = "2"/lastUID = "3"/; s/current = "2"/current = "3"/; s/numSnapshots = "2"/numSnapshots = "3"/' web.vmsd
- cat >> web.vmsd <<VMSD
-snapshot2.uid = "3"
-snapshot2.parent = "2"
-snapshot2.filename = "web-Snapshot3.vmsn"
-snapshot2.displayName = "before upgrade"
-$(vmsd_time 2 0 "$(date -u +%H:%M:%S)")
-snapshot2.numDisks = "2"
-snapshot2.disk0.fileName = "web-000002.vmdk"
-snapshot2.disk0.node = "scsi0:0"
-snapshot2.disk1.fileName = "web_1-000002.vmdk"
-snapshot2.disk1.node = "scsi0:1"
-VMSD
+ vmsd_snapshot 2 3 2 "before upgrade" 0 "$(date -u +%H:%M:%S)" web-000002.vmdk web_1-000002.vmdk >> web.vmsd
 )
 vmsift backup ds --chain
 vmsift snapshots
