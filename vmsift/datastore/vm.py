@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ChainError, VmsiftError
+from ..errors import ChainError, Problem, VmsiftError
 from ..formats import ctk as ctk_mod
 from ..formats import vmcfg as vmcfg_mod
 from ..formats import vmsd as vmsd_mod
@@ -64,7 +64,7 @@ class VmRecord:
     disks: list[VmDisk]
     snapshots: list[dict[str, Any]] = field(default_factory=list)
     current_snapshot: int | None = None
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # Problems where damage is worked around
     files: list[str] = field(default_factory=list)  # small files: config, vmsd, nvram, logs
     template: bool = False    # an Oracle VM template (Templates/<id>/vm.cfg)
     package: dict[str, Any] | None = None  # an OVF package's VM: kind, system id, assembly
@@ -209,7 +209,7 @@ def _vmware(volume: Volume, path: str) -> VmRecord:
     try:
         vm.files = _small_files(volume, folder, disks)
     except VmsiftError as e:
-        vm.warnings.append(f"VM folder: {e}")
+        vm.warnings.append(Problem.of(e, "VM folder: "))
     vmsd_name = conf.get("snapshot.fileName") or posixpath.splitext(
         posixpath.basename(path))[0] + ".vmsd"
     try:
@@ -220,7 +220,7 @@ def _vmware(volume: Volume, path: str) -> VmRecord:
             vm.snapshots = [{"depth": depth, **snap.to_dict()} for depth, snap in db.walk()]
             vm.warnings += db.warnings
     except VmsiftError as e:
-        vm.warnings.append(f"snapshot database: {e}")
+        vm.warnings.append(Problem.of(e, "snapshot database: "))
     return vm
 
 
@@ -256,7 +256,7 @@ def _oraclevm(volume: Volume, path: str) -> VmRecord:
     try:
         vm.files = _small_files(volume, vm.folder, disks)
     except VmsiftError as e:
-        vm.warnings.append(f"VM folder: {e}")
+        vm.warnings.append(Problem.of(e, "VM folder: "))
     return vm
 
 
