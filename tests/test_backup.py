@@ -227,7 +227,8 @@ def test_wrong_password_and_foreign_repositories(tmp_path, cache, monkeypatch):
     ok("snapshots", "-r", repo, "--password-file", tmp_path / "pw")
     borg = tmp_path / "borg"
     borg.mkdir()
-    (borg / "README").write_text("This is a Borg Backup repository.\nSee https://borgbackup.readthedocs.io/\n")
+    (borg / "README").write_text(
+        "This is a Borg Backup repository.\nSee https://borgbackup.readthedocs.io/\n")
     (borg / "config").write_text("[repository]\nversion = 1\n")
     out = vmsift("snapshots", "-r", borg)
     assert out.returncode == 7 and "borg repository" in out.stderr

@@ -57,8 +57,8 @@ def _not_ours(backend: Backend) -> str:
         with open(os.path.join(path, "README"), "rb") as f:
             if b"Borg" in f.read(4096):
                 return "a borg repository, not a vmsift one"
-    if path and os.path.isdir(os.path.join(path, "keys")) and \
-            os.path.isdir(os.path.join(path, "data")) and os.path.isfile(os.path.join(path, "config")):
+    if path and all(os.path.isdir(os.path.join(path, name)) for name in ("keys", "data")) \
+            and os.path.isfile(os.path.join(path, "config")):
         return "not a vmsift repository (its config is not ours: a restic repository?)"
     return "not a vmsift repository (no config)"
 
