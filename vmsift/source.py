@@ -4,6 +4,11 @@ A source has a ``size``, ``read(offset, length)`` (short only at the end) and
 ``extents(offset, length)``, which yields its allocation map as `Run`s of DATA, ZERO (known
 to read as zeros) and HOLE (unallocated: reads as zeros, or falls through to a parent disk).
 Layers pass the map through instead of reading zeros.
+
+A `FileSource` reads ``direct_io.MIN_LENGTH`` bytes or more at once past the page cache
+(`vmsift.direct_io`): such reads stream a whole disk (backup, export, carving, FUSE reads of
+1 MiB), would only evict what the cache holds, and cost the kernel several times the CPU of
+a direct read. Smaller reads (metadata, grains) go through the page cache.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ import enum
 import errno
 import os
 import stat
+import threading
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
+from . import direct_io
 from .errors import ErrorKind, LimitError, SourceError, TruncatedError, UnsupportedError
 
 
@@ -138,7 +145,13 @@ class FileSource(ByteSource):
 
     The allocation map comes from ``SEEK_DATA``/``SEEK_HOLE``: holes in the host file are
     HOLE runs. Where the file system cannot tell, the whole file is DATA.
+
+    Long reads go through a second descriptor opened with ``O_DIRECT`` when first needed;
+    where the file system refuses it (tmpfs, some FUSE file systems) they stay buffered.
     """
+
+    _direct_fd: int | None = None  # the O_DIRECT descriptor; -1: refused; None: not tried
+    _buffered_only = False         # set when a direct read was refused (EINVAL)
 
     def __init__(self, path: str | os.PathLike, *, fd: int | None = None):
         self.name = os.fspath(path)
@@ -171,6 +184,9 @@ class FileSource(ByteSource):
     def read(self, offset: int, length: int) -> bytes:
         start, end = clip(self.size, offset, length)
         chunks = []
+        if end - start >= direct_io.MIN_LENGTH and not self._buffered_only:
+            if (fd := self._direct()) >= 0:
+                start = self._read_direct(fd, start, end, chunks)
         while start < end:
             try:
                 chunk = os.pread(self._fd, end - start, start)
@@ -182,6 +198,30 @@ class FileSource(ByteSource):
             chunks.append(chunk)
             start += len(chunk)
         return b"".join(chunks)
+
+    def _direct(self) -> int:
+        """The ``O_DIRECT`` descriptor, opened on first use; -1 where it is refused."""
+        if self._direct_fd is None:
+            fd = direct_io.reopen(self._fd, os.O_RDONLY)
+            with _open_lock:
+                if self._direct_fd is None:
+                    self._direct_fd, fd = fd, -1
+            if fd >= 0:
+                os.close(fd)  # another thread opened it first
+        return self._direct_fd
+
+    def _read_direct(self, fd: int, start: int, end: int, chunks: list[bytes]) -> int:
+        """Read from ``start`` towards ``end`` into ``chunks`` past the page cache; return
+        where it stopped (the caller reads on, buffered, from there)."""
+        try:
+            stop = direct_io.read(fd, start, end, chunks)
+        except OSError as e:
+            raise SourceError(f"read failed: {e.strerror}", source=self.name,
+                              offset=start) from None
+        if stop is None:
+            self._buffered_only = True  # alignment refused: buffered from now on
+            return start
+        return stop
 
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Run]:
         start, end = clip(self.size, offset, length)
@@ -205,9 +245,15 @@ class FileSource(ByteSource):
             pos = min(hole, end)
 
     def close(self) -> None:
+        if self._direct_fd is not None and self._direct_fd >= 0:
+            os.close(self._direct_fd)
+        self._direct_fd = -1
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+_open_lock = threading.Lock()
 
 
 class SliceSource(ByteSource):

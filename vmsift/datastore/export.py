@@ -1,7 +1,8 @@
 """Copy a disk (any `ByteSource`) out to a host file.
 
 Raw output is sparse: HOLE and ZERO runs, and 64 KiB pieces of data that are all zeros, are
-skipped with a seek, never written; the file is then cut to the disk's size and synced. When the
+skipped with a seek, never written; the file is then cut to the disk's size and synced. Data
+is written past the page cache where the file system allows (`vmsift.direct_io`). When the
 export fails, the partial output is removed and what was at the target stays
 (`vmsift.publish`).
 """
@@ -11,10 +12,12 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import errno
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from .. import direct_io
 from ..errors import SourceError
 from ..publish import atomic_output
 from ..source import Alloc, ByteSource
@@ -49,17 +52,41 @@ def nonzero_spans(data: bytes) -> list[tuple[int, int]]:
     return spans
 
 
-def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
+class _Writer:
+    """Writes pieces at their offsets: aligned ones past the page cache (`direct_io`), the
+    rest (and all of them where ``O_DIRECT`` is refused) buffered, with writeback started
+    at once when the output is to be synced, so the final fsync finds little left."""
+
+    def __init__(self, fd: int, sync: bool):
+        self.fd, self.sync = fd, sync
+        self.direct = direct_io.reopen(fd, os.O_WRONLY)
+
+    def write(self, data: bytes | memoryview, offset: int) -> None:
+        if self.direct >= 0 and direct_io.aligned(offset, len(data)):
+            try:
+                direct_io.write_at(self.direct, data, offset)
+                return
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                self.close()  # alignment refused: buffered from now on
+        view = memoryview(data)
+        pos = offset
+        while view:
+            n = os.pwrite(self.fd, view, pos)
+            view, pos = view[n:], pos + n
+        if self.sync:
+            _start_writeback(self.fd, offset, len(data))
+
+    def close(self) -> None:
+        if self.direct >= 0:
+            os.close(self.direct)
+            self.direct = -1
 
 
 def _start_writeback(fd: int, offset: int, length: int) -> None:
     """Ask the kernel to start writing ``[offset, offset + length)`` out now (it does not
-    wait), so that the final fsync finds little left: writeback then overlaps reading and
-    inflating instead of following them (measured: docs/benchmarks.md)."""
+    wait): writeback then overlaps reading and inflating instead of following them."""
     with contextlib.suppress(OSError, AttributeError):
         # DONTNEED starts asynchronous writeback of the dirty pages of the range on Linux
         os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
@@ -98,16 +125,15 @@ def export_pieces(pieces: Iterable[tuple[int, bytes]], size: int,
     written = 0
     pending: collections.deque[concurrent.futures.Future] = collections.deque()
     with atomic_output(out_path, overwrite=overwrite, sync=sync) as fd:
+        out = _Writer(fd, sync)
         try:
             # reads (and inflating) overlap with writes: one writer thread, a few blocks ahead
             with concurrent.futures.ThreadPoolExecutor(1, "vmsift-export") as writer:
                 for pos, data in pieces:
                     for start, end in nonzero_spans(data):
                         piece = memoryview(data)[start:end]
-                        pending.append(writer.submit(_write_all, fd, piece, pos + start))
+                        pending.append(writer.submit(out.write, piece, pos + start))
                         written += end - start
-                    if sync:
-                        pending.append(writer.submit(_start_writeback, fd, pos, len(data)))
                     while len(pending) > IN_FLIGHT:  # bounds memory to a few blocks
                         pending.popleft().result()
                     if progress:
@@ -121,4 +147,6 @@ def export_pieces(pieces: Iterable[tuple[int, bytes]], size: int,
             for future in pending:
                 future.cancel()
             raise SourceError(f"write failed: {e.strerror}", source=os.fspath(out_path)) from e
+        finally:
+            out.close()
     return ExportStats(size, written, size - written)

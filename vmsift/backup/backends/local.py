@@ -3,8 +3,8 @@
 Layout: ``config`` at the top, ``data/<first two hex digits>/<name>`` (256 folders keep
 listings short), ``<kind>/<name>`` for the rest. Objects are written through
 `vmsift.publish.atomic_output`: temporary beside the target, fsync, link into place, fsync of
-the folder; packs skip the fsync when put (their writeback is started) and are fsynced, with
-their folders, by `flush`, which comes before any index names them. A pack found cut short
+the folder; packs skip the fsync when put (written past the page cache, `vmsift.direct_io`,
+or their writeback started) and are fsynced, with their folders, by `flush`, which comes before any index names them. A pack found cut short
 (a crash before its flush) is written again by the next put of it. Temporaries left by a
 killed writer start with a dot, are never listed, and are deleted by `remove_leftovers`.
 """
@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+from ... import direct_io
 from ...errors import MissingObjectError, RepositoryError, SourceError
 from ...publish import atomic_output, fsync_dir, write_all, write_file
 from . import KINDS, Backend, TransientError
@@ -92,6 +93,11 @@ class LocalBackend(Backend):
             if length is None:
                 length = os.fstat(fd).st_size - offset
             parts, pos, end = [], offset, offset + length
+            if length >= direct_io.MIN_LENGTH and (direct := direct_io.reopen(fd, os.O_RDONLY)) >= 0:
+                try:  # a span of a pack: read past the page cache, as disks are
+                    pos = direct_io.read(direct, pos, end, parts) or pos
+                finally:
+                    os.close(direct)
             while pos < end:
                 part = os.pread(fd, end - pos, pos)
                 if not part:
@@ -128,12 +134,14 @@ class LocalBackend(Backend):
         if kind != "data":
             write_file(path, data, mode=0o444, overwrite=overwrite)
             return
-        # a pack: the disk starts writing it now, and `flush` waits for it before an index
-        # names it, so packs do not wait for the disk one by one
+        # a pack: written past the page cache (nothing reads it back soon), else the disk
+        # starts writing it now; `flush` makes it durable before an index names it, so
+        # packs do not wait for the disk's cache flush one by one
         with atomic_output(path, mode=0o444, overwrite=overwrite, sync=False) as fd:
-            write_all(fd, data)
-            if _SYNC_FILE_RANGE:
-                os.sync_file_range(fd, 0, 0, os.SYNC_FILE_RANGE_WRITE)
+            if not direct_io.write_new(fd, data):
+                write_all(fd, data)
+                if _SYNC_FILE_RANGE:
+                    os.sync_file_range(fd, 0, 0, os.SYNC_FILE_RANGE_WRITE)
         with self._lock:
             self._unflushed.add(path)
 
