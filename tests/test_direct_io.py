@@ -24,7 +24,21 @@ def data_file(tmp_path):
     return path, data
 
 
-def test_long_reads_go_direct_and_match_at_unaligned_offsets(data_file):
+def test_long_reads_go_direct_only_while_streaming(data_file):
+    path, data = data_file
+    with FileSource(path) as src:
+        assert src.read(0, 2 * MiB) == data[:2 * MiB] and src._direct_fd is None
+        with direct_io.streaming():
+            assert src.read(0, 2 * MiB) == data[:2 * MiB] and src._direct_fd >= 0
+
+
+@pytest.fixture
+def streaming():
+    with direct_io.streaming():
+        yield
+
+
+def test_long_reads_go_direct_and_match_at_unaligned_offsets(data_file, streaming):
     path, data = data_file
     with FileSource(path) as src:
         for offset, length in [(0, 2 * MiB), (1, MiB + 7), (4095, 3 * MiB), (MiB + 17, 4 * MiB),
@@ -37,11 +51,12 @@ def test_reads_longer_than_the_buffer_are_split(data_file, monkeypatch):
     path, data = data_file
     monkeypatch.setattr(direct_io, "BUFFER", 64 << 10)
     monkeypatch.setattr(direct_io, "_buffer", direct_io._Buffer())
-    with FileSource(path) as src:
-        assert src.read(333, 3 * MiB) == data[333:333 + 3 * MiB]
+    with FileSource(path) as src, direct_io.streaming():
+        assert src.read(333, 3 * MiB) == data[333:333 + 3 * MiB] and src._direct_fd >= 0
+        assert len(direct_io._buffer.buffer) == 64 << 10
 
 
-def test_refused_direct_reads_stay_buffered(data_file, monkeypatch):
+def test_refused_direct_reads_stay_buffered(data_file, monkeypatch, streaming):
     path, data = data_file
 
     def refuse(*args):

@@ -8,25 +8,30 @@ process instead. It needs the offset, the length and the buffer aligned to the d
 block (`ALIGN` covers every block size in use); each thread keeps one page-aligned buffer
 (`BUFFER` bytes, an anonymous map, allocated once) through which the bytes pass.
 
-Both helpers open the file again with ``O_DIRECT`` through ``/proc/self/fd`` (the same open
+Reads go direct only inside `streaming` (the backup's readers, many reads in flight); writes
+of new files that nothing reads back soon (packs, exported and restored disks) always do.
+The helpers open the file again with ``O_DIRECT`` through ``/proc/self/fd`` (the same open
 file, not the path) and say when a file system refuses it (tmpfs, some FUSE and network
 file systems), so that the caller can go on buffered.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
 import threading
+from collections.abc import Iterator
 
-MIN_LENGTH = 1 << 20  # reads of a disk or pack at least this long go past the page cache
+MIN_LENGTH = 1 << 20  # reads at least this long, made while `streaming`, go past the cache
 ALIGN = 4096         # offset, length and buffer alignment O_DIRECT asks for
 BUFFER = 16 << 20    # each thread's aligned buffer; longer transfers are split
 
 
 class _Buffer(threading.local):
     buffer: mmap.mmap | None = None
+    streaming = False
 
     def get(self) -> mmap.mmap:
         if self.buffer is None:
@@ -35,6 +40,23 @@ class _Buffer(threading.local):
 
 
 _buffer = _Buffer()
+
+
+@contextlib.contextmanager
+def streaming() -> Iterator[None]:
+    """While this block runs, long reads of a `FileSource` in this thread go past the page
+    cache. For readers with many reads in flight (the backup's pool): a lone sequential
+    reader (an export, a FUSE request) is faster with the kernel's read-ahead."""
+    before, _buffer.streaming = _buffer.streaming, True
+    try:
+        yield
+    finally:
+        _buffer.streaming = before
+
+
+def wanted(length: int) -> bool:
+    """Whether a read of ``length`` bytes in this thread should go past the page cache."""
+    return length >= MIN_LENGTH and _buffer.streaming
 
 
 def reopen(fd: int, flags: int) -> int:

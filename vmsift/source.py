@@ -5,10 +5,9 @@ A source has a ``size``, ``read(offset, length)`` (short only at the end) and
 to read as zeros) and HOLE (unallocated: reads as zeros, or falls through to a parent disk).
 Layers pass the map through instead of reading zeros.
 
-A `FileSource` reads ``direct_io.MIN_LENGTH`` bytes or more at once past the page cache
-(`vmsift.direct_io`): such reads stream a whole disk (backup, export, carving, FUSE reads of
-1 MiB), would only evict what the cache holds, and cost the kernel several times the CPU of
-a direct read. Smaller reads (metadata, grains) go through the page cache.
+Inside ``direct_io.streaming()`` (the backup's readers), a `FileSource` reads 1 MiB or more
+at once past the page cache (`vmsift.direct_io`): such reads stream a whole disk, would only
+evict what the cache holds, and cost the kernel several times the CPU of a direct read.
 """
 
 from __future__ import annotations
@@ -146,8 +145,8 @@ class FileSource(ByteSource):
     The allocation map comes from ``SEEK_DATA``/``SEEK_HOLE``: holes in the host file are
     HOLE runs. Where the file system cannot tell, the whole file is DATA.
 
-    Long reads go through a second descriptor opened with ``O_DIRECT`` when first needed;
-    where the file system refuses it (tmpfs, some FUSE file systems) they stay buffered.
+    Long streaming reads go through a second descriptor opened with ``O_DIRECT`` when first
+    needed; where the file system refuses it (some FUSE file systems) they stay buffered.
     """
 
     _direct_fd: int | None = None  # the O_DIRECT descriptor; -1: refused; None: not tried
@@ -184,7 +183,7 @@ class FileSource(ByteSource):
     def read(self, offset: int, length: int) -> bytes:
         start, end = clip(self.size, offset, length)
         chunks = []
-        if end - start >= direct_io.MIN_LENGTH and not self._buffered_only:
+        if direct_io.wanted(end - start) and not self._buffered_only:
             if (fd := self._direct()) >= 0:
                 start = self._read_direct(fd, start, end, chunks)
         while start < end:

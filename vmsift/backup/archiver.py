@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import direct_io
 from ..datastore.disk import open_disk
 from ..datastore.vm import VmDisk, read_disk
 from ..datastore.volume import Volume
@@ -144,8 +145,10 @@ class BlobWriter:
 def _read_and_hash(repo: Repository, src: ByteSource, pos: int, n: int, cell: int
                    ) -> tuple[bytes, list[bytes | None]]:
     """A block of ``src`` and the id of each of its cells (a pool job: several reads are
-    in flight at once, so scattered reads overlap each other and the hashing)."""
-    data = src.read_exact(pos, n, "disk data")
+    in flight at once, so scattered reads overlap each other and the hashing; long ones go
+    past the page cache)."""
+    with direct_io.streaming():
+        data = src.read_exact(pos, n, "disk data")
     return data, _hash_block(repo, data, cell)
 
 

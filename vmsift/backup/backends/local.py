@@ -93,11 +93,6 @@ class LocalBackend(Backend):
             if length is None:
                 length = os.fstat(fd).st_size - offset
             parts, pos, end = [], offset, offset + length
-            if length >= direct_io.MIN_LENGTH and (direct := direct_io.reopen(fd, os.O_RDONLY)) >= 0:
-                try:  # a span of a pack: read past the page cache, as disks are
-                    pos = direct_io.read(direct, pos, end, parts) or pos
-                finally:
-                    os.close(direct)
             while pos < end:
                 part = os.pread(fd, end - pos, pos)
                 if not part:
