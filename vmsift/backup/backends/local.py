@@ -4,9 +4,10 @@ Layout: ``config`` at the top, ``data/<first two hex digits>/<name>`` (256 folde
 listings short), ``<kind>/<name>`` for the rest. Objects are written through
 `vmsift.publish.atomic_output`: temporary beside the target, fsync, link into place, fsync of
 the folder; packs skip the fsync when put (written past the page cache, `vmsift.direct_io`,
-or their writeback started) and are fsynced, with their folders, by `flush`, which comes before any index names them. A pack found cut short
-(a crash before its flush) is written again by the next put of it. Temporaries left by a
-killed writer start with a dot, are never listed, and are deleted by `remove_leftovers`.
+or their writeback started) and are fsynced, with their folders, by `flush`, which comes
+before any index names them. A pack found cut short (a crash before its flush) is written
+again by the next put of it. Temporaries left by a killed writer start with a dot, are never
+listed, and are deleted by `remove_leftovers`.
 """
 
 from __future__ import annotations
