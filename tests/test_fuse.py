@@ -610,6 +610,11 @@ def test_repository_mount(folder_ds, tmp_path, monkeypatch):
         with pytest.raises(OSError) as e:
             os.mkdir(mnt / "snapshots" / "x")
         assert e.value.errno == errno.EROFS
+    # from another machine: a cache that has never seen this repository's index
+    monkeypatch.setenv("VMSIFT_CACHE_DIR", str(tmp_path / "another-cache"))
+    with mounted(tmp_path, "-r", repo) as mnt:
+        raw = (mnt / "snapshots" / first.short_id / "web01" / "web01.raw").read_bytes()
+        assert raw == (tmp_path / "then.raw").read_bytes()
 
 
 def test_only_the_mounting_user_enters_unless_allow_other(folder_ds, tmp_path):

@@ -274,7 +274,10 @@ def repository_tree(repo) -> Tree:
     """The tree of a repository mount (an open `vmsift.backup.repository.Repository`):
     ``snapshots/<short id>/<vm>/`` holds each disk as ``<disk>.raw`` (and its partitions
     as ``.pN``) and the VM's small files; ``by-time/<UTC time>`` and ``latest/<vm>`` are
-    symbolic links to those folders."""
+    symbolic links to those folders. The local index cache is first brought up to the
+    repository's index (a cache made elsewhere, or none yet, would not know the chunks)."""
+    for name in repo.sync_index():
+        warn(f"index {name} is damaged: the chunks only it names read as EIO (vmsift check)")
     problems: list[str] = []
     snapshots = repo.snapshots(problems)
     for problem in problems:
