@@ -22,7 +22,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 MiB = 1 << 20
 MODES = {"trio loop": (False, False), "worker thread": (True, False),
          "trio loop, direct_io": (False, True), "worker thread, direct_io": (True, True)}
@@ -63,22 +65,15 @@ def serve(mountpoint: str, size: int, in_thread: bool, direct_io: bool) -> None:
                 return await trio.to_thread.run_sync(lambda: block if n == MiB else block[:n])
             return block if n == MiB else block[:n]
 
-    def widen() -> None:
-        os.statvfs(mountpoint)  # after the INIT answer, which would lower it again
-        with open("/proc/self/mountinfo") as f:
-            device = [line.split()[2] for line in f if line.split()[4] == mountpoint][-1]
-        try:
-            with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as f:
-                f.write("1024")
-        except OSError:
-            pass
+    from vmsift.fuse.ops import _device, _widen_readahead  # as vmsift's own mounts do
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.to_thread.run_sync, widen)
+            nursery.start_soon(trio.to_thread.run_sync, _widen_readahead, mountpoint, device)
             await pyfuse3.main()
 
     pyfuse3.init(Ops(), mountpoint, set(pyfuse3.default_options) | {"ro", "fsname=ceiling"})
+    device = _device(mountpoint)
     try:
         trio.run(main)
     finally:

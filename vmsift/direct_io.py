@@ -11,8 +11,8 @@ block (`ALIGN` covers every block size in use); each thread keeps one page-align
 Reads go direct only inside `streaming` (the backup's readers, many reads in flight); writes
 of new files that nothing reads back soon (packs, exported and restored disks) always do.
 The helpers open the file again with ``O_DIRECT`` through ``/proc/self/fd`` (the same open
-file, not the path) and say when a file system refuses it (tmpfs, some FUSE and network
-file systems), so that the caller can go on buffered.
+file, not the path) and say when a file system refuses it (some FUSE and network file
+systems, tmpfs before Linux 6.6), so that the caller can go on buffered.
 """
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ from collections.abc import Iterator
 MIN_LENGTH = 1 << 20  # reads at least this long, made while `streaming`, go past the cache
 ALIGN = 4096         # offset, length and buffer alignment O_DIRECT asks for
 BUFFER = 16 << 20    # each thread's aligned buffer; longer transfers are split
+
+
+def _round_up(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
 
 
 class _Buffer(threading.local):
@@ -77,7 +81,7 @@ def read(fd: int, start: int, end: int, chunks: list[bytes]) -> int | None:
     pos = start
     while pos < end:
         base = pos - pos % ALIGN
-        want = min(BUFFER, -(-(end - base) // ALIGN) * ALIGN)
+        want = min(BUFFER, _round_up(end - base))
         try:
             got = os.preadv(fd, [memoryview(buffer)[:want]], base)
         except OSError as e:
@@ -107,7 +111,7 @@ def write_at(fd: int, data: bytes | memoryview, offset: int) -> None:
     pos = 0
     while pos < len(view):
         n = min(BUFFER, len(view) - pos)
-        padded = -(-n // ALIGN) * ALIGN
+        padded = _round_up(n)
         buffer[:n] = view[pos:pos + n]
         buffer[n:padded] = bytes(padded - n)
         done = 0
