@@ -3,9 +3,9 @@ the file system does no work at all.
 
 One read-only file of ``--size-mib`` whose ``read`` returns one prebuilt 1 MiB buffer (no
 source, no copy), mounted four ways: the reply made on the trio loop or in a worker thread
-(``trio.to_thread``, as vmsift's adapter does so that a slow source never stalls other
-readers), each with the kernel's page cache (readahead raised to 1 MiB, as vmsift does) and
-with ``direct_io``. The reader is ``os.pread`` of 1 MiB in a fresh process, its page cache of
+(with the adapter's own hand-off, `vmsift.fuse.ops.in_thread`, as vmsift does so that a slow
+source never stalls other readers), each with the kernel's page cache (readahead raised as
+vmsift does) and with ``direct_io``. The reader is ``os.pread`` of 1 MiB in a fresh process, its page cache of
 the mount dropped before each pass; best of 3. Compare with the direct read of
 `bench_fuse.py`: no FUSE file system in Python can be faster than these figures.
 
@@ -30,7 +30,7 @@ MODES = {"trio loop": (False, False), "worker thread": (True, False),
          "trio loop, direct_io": (False, True), "worker thread, direct_io": (True, True)}
 
 
-def serve(mountpoint: str, size: int, in_thread: bool, direct_io: bool) -> None:
+def serve(mountpoint: str, size: int, in_thread_mode: bool, direct_io: bool) -> None:
     import pyfuse3
     import trio
 
@@ -61,11 +61,13 @@ def serve(mountpoint: str, size: int, in_thread: bool, direct_io: bool) -> None:
 
         async def read(self, fh, off, length):
             n = min(length, size - off)
-            if in_thread:
-                return await trio.to_thread.run_sync(lambda: block if n == MiB else block[:n])
+            if in_thread_mode:
+                return await in_thread(limiter, lambda: block if n == MiB else block[:n])
             return block if n == MiB else block[:n]
 
-    from vmsift.fuse.ops import _device, _widen_readahead  # as vmsift's own mounts do
+    from vmsift.fuse.ops import WORKERS, _device, _widen_readahead, in_thread  # vmsift's own
+
+    limiter = trio.CapacityLimiter(WORKERS)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
