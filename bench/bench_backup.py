@@ -22,8 +22,9 @@ the first backup and the restore through its S3 backend into moto's S3 server on
 
 The disk is put back as it was before the next tool runs, so every tool sees the same bytes.
 Then each tool backs up a never-written thin disk (``--thin-size``, 50 GiB: one hole), and
-vmsift alone a mostly-empty ``--big-size`` disk (2 TiB) to show its memory does not grow with
-the disk (restic and borg would read 2 TiB of zeros; they are skipped and the table says so).
+vmsift alone a mostly-empty ``--big-size`` disk (2 TiB) and the same 48 MiB written on a disk
+of the main size, to show its memory does not grow with the disk (restic and borg would read
+2 TiB of zeros; they are skipped and the table says so).
 
 Variants: restic (always encrypted; default compression ``auto`` = zstd), borg with ``-e none``
 and ``--compression zstd,3`` (default chunker, and ``--chunker-params fixed,4194304``), borg
@@ -640,11 +641,15 @@ def bench_thin(tool: Tool, folder: str, res: Result) -> None:
     res.values.update(thin_s=r.seconds, thin_rss=r.rss, thin_repo=du_sb(tool.repo))
 
 
-def bench_big(tool: Tool, folder: str, res: Result) -> None:
+def bench_big(tool: Tool, folder: str, res: Result, key: str = "big") -> None:
+    """A mostly-empty disk into a fresh repository: ``key`` is ``big`` (``--big-size``) or
+    ``empty`` (the same 48 MiB written on a disk of the main size), so that the two peaks of
+    memory differ only by the disk's size."""
     tool.fresh()
     tool.init()
-    r = tool.backup(folder, "big")
-    res.values.update(big_s=r.seconds, big_rss=r.rss, big_repo=du_sb(tool.repo))
+    r = tool.backup(folder, key)
+    res.values.update({f"{key}_s": r.seconds, f"{key}_rss": r.rss,
+                       f"{key}_repo": du_sb(tool.repo)})
 
 
 def make_thin(work: Path, size: int) -> str:
@@ -712,6 +717,8 @@ ROWS = [  # (key, label, format)
     ("big_s", "mostly-empty big disk backup, s", "{:.1f}"),
     ("big_rss", "mostly-empty big disk backup, peak RSS MiB", mib),
     ("big_repo", "mostly-empty big disk repository, MiB", mib),
+    ("empty_s", "mostly-empty disk of the main size backup, s", "{:.1f}"),
+    ("empty_rss", "mostly-empty disk of the main size backup, peak RSS MiB", mib),
 ]
 
 
@@ -813,6 +820,7 @@ def main() -> None:
     src.undo()
     thin = make_thin(work, args.thin_size) if args.thin_size else None
     big = make_big(work, args.big_size) if args.big_size and "vmsift" in families else None
+    empty = make_big(work, args.size) if big else None
 
     results = []
     for tool in make_tools(work, families, args.vmsift, args.borg_encrypted):
@@ -833,9 +841,11 @@ def main() -> None:
             steps.append(("thin", lambda: bench_thin(tool, thin, res)))
         if big and tool.family == "vmsift":
             steps.append(("big", lambda: bench_big(tool, big, res)))
+            steps.append(("empty", lambda: bench_big(tool, empty, res, "empty")))
         elif args.big_size:
             res.values.update(big_s_missing="skipped", big_rss_missing="skipped",
-                              big_repo_missing="skipped")
+                              big_repo_missing="skipped", empty_s_missing="skipped",
+                              empty_rss_missing="skipped")
         for step, fn in steps:
             note(f"{tool.name}: {step}")
             try:
@@ -859,7 +869,9 @@ def report(args, results, layout, started, load_start, thin, big) -> None:
         labels.update(thin_s=f"{human(args.thin_size)} thin disk (one hole) backup, s")
     if args.big_size:
         labels.update(big_s=f"{human(args.big_size)} mostly-empty disk (48 MiB written) "
-                            "backup, s (vmsift only)")
+                            "backup, s (vmsift only)",
+                      empty_s=f"{human(args.size)} mostly-empty disk (the same 48 MiB) "
+                              "backup, s (vmsift only)")
     info = {
         "date": started,
         "versions": versions(),

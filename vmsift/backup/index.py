@@ -115,16 +115,22 @@ class IndexCache:
             return None
         return row[0], PackEntry(row[4], blob_id, row[1], row[2], row[3])
 
-    def known(self, ids: Iterable[bytes]) -> set[bytes]:
-        """Which of ``ids`` the index holds."""
+    def lookup_many(self, ids: Iterable[bytes]) -> dict[bytes, tuple[str, PackEntry]]:
+        """`lookup` of each of ``ids`` the index holds, a few queries in all."""
         ids = list(ids)
-        found: set[bytes] = set()
+        found: dict[bytes, tuple[str, PackEntry]] = {}
         db = self._db()
         for i in range(0, len(ids), 500):
             batch = ids[i:i + 500]
-            q = "SELECT id FROM blobs WHERE id IN (%s)" % ",".join("?" * len(batch))
-            found.update(r[0] for r in db.execute(q, batch))
+            q = ("SELECT id, pack, offset, length, raw_length, type FROM blobs WHERE id IN "
+                 "(%s)" % ",".join("?" * len(batch)))
+            for blob_id, pack, offset, length, raw_length, type_ in db.execute(q, batch):
+                found[blob_id] = pack, PackEntry(type_, blob_id, offset, length, raw_length)
         return found
+
+    def known(self, ids: Iterable[bytes]) -> set[bytes]:
+        """Which of ``ids`` the index holds."""
+        return set(self.lookup_many(ids))
 
     def packs(self) -> Iterator[tuple[str, int]]:
         """(pack, bytes its blobs reach to) of every pack the index names."""
