@@ -49,15 +49,21 @@ def test_sigkill_during_backup_then_check_then_backup(tmp_path, env):
     started = time.monotonic()
     ok("backup", "-r", repo, image)       # something to lose, if anything were lost
     took = time.monotonic() - started     # kills land anywhere in a backup this long
-    make_image(image, 160, seed=2)
     seed = int(os.environ.get("VMSIFT_CRASH_SEED", time.time()))
     rng = random.Random(seed)
     mid_backup = 0
     for round_ in range(5):
+        make_image(image, 160, seed=2 + round_)  # new data: no round finds its work done
         child = subprocess.Popen([sys.executable, "-m", "vmsift", "backup", "-r", str(repo),
                                   str(image)], cwd=ROOT, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.1, took))
+        if round_ % 2:  # anywhere, start-up included
+            time.sleep(rng.uniform(0.1, took))
+        else:  # once it holds its lock (a fast start-up must not make every kill miss it)
+            while child.poll() is None and not [
+                    p for p in (repo / "locks").iterdir() if not p.name.startswith(".")]:
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0, took / 2))
         child.send_signal(signal.SIGKILL)
         child.wait()
         mid_backup += bool(list((repo / "locks").iterdir()))  # killed while it held its lock

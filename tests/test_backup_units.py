@@ -93,3 +93,41 @@ def test_key_file_opens_only_with_its_password():
     sealed = seal_keys(keys, b"correct horse")
     assert open_keys(sealed, b"correct horse") == keys
     assert open_keys(sealed, b"wrong") is None
+
+
+def test_scattered_cells_of_a_change_hint(tmp_path, monkeypatch):
+    """A hint's scattered cells are read and hashed in batches: cells equal to each other,
+    to cells stored before, or all zeros are each stored once or not at all, and the stream
+    reads back as the new disk."""
+    from vmsift.backup.archiver import BlobWriter, store_stream
+    from vmsift.backup.repository import Repository
+    from vmsift.source import BytesSource
+
+    monkeypatch.setenv("VMSIFT_CACHE_DIR", str(tmp_path / "cache"))
+    cell, cells = 4096, 3000
+    repo = Repository.init(str(tmp_path / "repo"), encryption="none", cell_size=cell)
+    rng = random.Random(5)
+    old = bytearray(rng.randbytes(cell * cells))
+    writer = BlobWriter(repo)
+    first, _ = store_stream(repo, writer, BytesSource(bytes(old)))
+    writer.finish()
+    new, changed = bytearray(old), []
+    twin, fresh = rng.randbytes(cell), set()
+    for c in sorted(rng.sample(range(cells), 400)):  # every 7th or so: many batches
+        content = rng.choice([twin, bytes(cell), old[:cell], rng.randbytes(cell)])
+        new[c * cell:(c + 1) * cell] = content
+        changed.append((c * cell, cell))
+        if content not in (bytes(cell), old[:cell]):
+            fresh.add(content)
+    writer = BlobWriter(repo)
+    with repo.open_stream(first, "first") as base:
+        second, stats = store_stream(repo, writer, BytesSource(bytes(new)), base=base,
+                                     changed=changed)
+    writer.finish()
+    assert stats.read == 400 * cell
+    assert stats.new == len(fresh) * cell  # twin stored once, old[:cell] reused
+    assert stats.zero == sum(new[o:o + cell] == bytes(cell) for o, _ in changed) * cell
+    with repo.open_stream(second, "second") as stored:
+        assert stored.read(0, stored.size) == bytes(new)
+    assert repo.index.count()[0] == cells + len(fresh) + 2 * 3  # chunks, and 3 leaves twice
+    repo.close()

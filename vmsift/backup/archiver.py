@@ -6,9 +6,12 @@ disk flattened at its current state, as streams (`chunker` cells, `manifest` lea
 
 The pipeline per stream: the map says which cells are DATA; those are read in blocks of
 `BLOCK` bytes, hashed (keyed blake3) and checked for zeros by jobs of the worker pool, up to
-`AHEAD` blocks at once (scattered reads of a change hint overlap), and taken back in stream
-order; ids the index already has are reused; the others are sealed (zstd, AES-GCM) in the
-pool and appended to packs, which are stored by one writer thread. An index object is stored after
+`AHEAD` jobs at once (scattered reads of a change hint overlap), and taken back in stream
+order; a job reads one block, or a batch of smaller ones up to `BLOCK` in all (a change
+hint's scattered cells: a hand-off and an index query per cell would cost more than the
+cell's reading). Ids the index already has are reused; the others are sealed (zstd,
+AES-GCM) in the pool, `SEAL_BATCH` bytes a job, and appended to packs, which are stored by
+writer threads. An index object is stored after
 every `repository.INDEX_EVERY` packs and at the end, and only then the snapshot: a killed
 backup leaves packs no snapshot names, which `check` reports as unused and nothing else.
 """
@@ -45,9 +48,10 @@ from .hints import Hint, choose
 from .sources import TreeFile, disk_tree, identity_now, open_source
 
 BLOCK = 4 << 20          # bytes read from a source at a time (whole cells)
-AHEAD = 8                # blocks read and hashed at once; bounds memory to AHEAD * BLOCK
+AHEAD = 8                # jobs reading and hashing at once; bounds memory to AHEAD * BLOCK
 COPIES_AHEAD = 4096      # runs of unread cells queued behind them
 SEAL_AHEAD = 32 << 20   # bytes of cells being sealed at once
+SEAL_BATCH = 1 << 20    # new cells sealed by one pool job
 PUTTERS = 2             # packs stored at once (a local disk gains queue depth; S3 more)
 PUTS_AHEAD = 4          # packs (16 MiB each) waiting to be stored
 
@@ -142,20 +146,39 @@ class BlobWriter:
         self._uploader.shutdown(wait=True, cancel_futures=True)
 
 
-def _read_and_hash(repo: Repository, src: ByteSource, pos: int, n: int, cell: int
-                   ) -> tuple[bytes, list[bytes | None]]:
-    """A block of ``src`` and the id of each of its cells (a pool job: several reads are
+@dataclass
+class _Batch:
+    """Blocks of a stream read and hashed by one pool job: a change hint's scattered cells
+    would otherwise cost a hand-off to the pool, and an index query, each."""
+
+    blocks: list[tuple[int, int]] = field(default_factory=list)  # (offset, length)
+    size: int = 0
+    job: concurrent.futures.Future | None = None
+    known: set[bytes] | None = None  # ids the repository has, or this backup stored
+
+
+def _read_and_hash(repo: Repository, src: ByteSource, blocks: list[tuple[int, int]],
+                   cell: int) -> list[tuple[bytes, list[bytes | None]]]:
+    """Each block of ``src`` and the id of each of its cells (a pool job: several reads are
     in flight at once, so scattered reads overlap each other and the hashing; long ones go
     past the page cache)."""
-    with direct_io.streaming():
-        data = src.read_exact(pos, n, "disk data")
-    return data, _hash_block(repo, data, cell)
+    out = []
+    for pos, n in blocks:
+        with direct_io.streaming():
+            data = src.read_exact(pos, n, "disk data")
+        out.append((data, _hash_block(repo, data, cell)))
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _zeros(n: int) -> bytes:
+    return bytes(n)
 
 
 def _hash_block(repo: Repository, data: bytes, cell: int) -> list[bytes | None]:
     """The id of each cell of ``data``, None for an all-zero cell."""
     view = memoryview(data)
-    zero = bytes(cell)
+    zero = _zeros(cell)  # made once: a block may be one cell, and a change hint's are
     out: list[bytes | None] = []
     for pos in range(0, len(data), cell):
         piece = view[pos:pos + cell]
@@ -175,6 +198,8 @@ class StreamWriter:
         self.leaf = LeafBuilder()
         self.sealing: collections.deque = collections.deque()
         self.in_flight = 0  # bytes of cells being sealed
+        self.unsealed: list[tuple[bytes, memoryview]] = []  # new cells gathered for a job
+        self.unsealed_size = 0
         self.stats = StreamStats(size=size)
 
     def _room(self) -> int:
@@ -202,11 +227,19 @@ class StreamWriter:
         self._close_leaf_if_full()
 
     def seal(self, chunks: list[tuple[bytes, memoryview]]) -> None:
-        """Seal new chunks (one pool job for the batch); they join packs when done."""
+        """Seal new chunks (one pool job per `SEAL_BATCH` bytes of them); they join packs
+        when done."""
+        self.writer.pending.update(chunk_id for chunk_id, _ in chunks)
+        self.unsealed += chunks
+        self.unsealed_size += sum(len(piece) for _, piece in chunks)
+        if self.unsealed_size >= SEAL_BATCH:
+            self._submit_seal()
+
+    def _submit_seal(self) -> None:
+        chunks, self.unsealed, self.unsealed_size = self.unsealed, [], 0
         if not chunks:
             return
         keys = self.repo.keys
-        self.writer.pending.update(chunk_id for chunk_id, _ in chunks)
         job = self.repo.pool.submit(lambda: [keys.seal(piece, chunk_id)
                                              for chunk_id, piece in chunks])
         self.sealing.append(([(chunk_id, len(piece)) for chunk_id, piece in chunks], job))
@@ -222,6 +255,7 @@ class StreamWriter:
             self.in_flight -= n
 
     def finish(self) -> Stream:
+        self._submit_seal()
         while self.sealing:
             self._drain_one()
         if self.cells == 0:
@@ -272,17 +306,33 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
     # in stream order: blocks being read and hashed, and the runs of cells that need no
     # reading (zeros, holes, cells of the previous backup), which wait for none of them
     pending: collections.deque = collections.deque()
-    hashed_ahead = 0
+    hashed_ahead = 0  # batches submitted and not yet taken whole
+    batch = _Batch()  # the one still gathering blocks
+
+    def submit(b: _Batch) -> None:
+        nonlocal hashed_ahead, batch
+        b.job = repo.pool.submit(_read_and_hash, repo, src, b.blocks, cell)
+        hashed_ahead += 1
+        if b is batch:
+            batch = _Batch()
 
     def take() -> None:
         nonlocal hashed_ahead
         entry = pending.popleft()
-        if not isinstance(entry, concurrent.futures.Future):
+        if not isinstance(entry, tuple):
             entry()
             return
-        hashed_ahead -= 1
-        data, ids = entry.result()
-        known = writer.known([i for i in ids if i is not None])
+        b, k = entry
+        if b.job is None:  # the queue drained to the gathering batch
+            submit(b)
+        results = b.job.result()
+        data, ids = results[k]
+        if k == len(b.blocks) - 1:
+            hashed_ahead -= 1
+        if b.known is None:  # one query for the batch's cells
+            every = [i for _, block_ids in results for i in block_ids if i is not None]
+            b.known = writer.known(every)
+        known = b.known
         view = memoryview(data)
         new: list[tuple[bytes, memoryview]] = []
         for k, chunk_id in enumerate(ids):
@@ -320,8 +370,14 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
                 pos = block * cell
                 n = min(n_cells * cell, src.size - pos)
                 stats.read += n
-                pending.append(repo.pool.submit(_read_and_hash, repo, src, pos, n, cell))
-                hashed_ahead += 1
+                if batch.blocks and batch.size + n > BLOCK:  # a batch holds BLOCK at most
+                    submit(batch)
+                gathering = batch
+                gathering.blocks.append((pos, n))
+                gathering.size += n
+                pending.append((gathering, len(gathering.blocks) - 1))
+                if gathering.size == BLOCK:
+                    submit(gathering)
                 while hashed_ahead > AHEAD:
                     take()
 
@@ -352,7 +408,8 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
             take()
         stream = out.finish()
     finally:  # on an error: no job may still read the source once the caller closes it
-        jobs = [e for e in pending if isinstance(e, concurrent.futures.Future)]
+        jobs = list({id(e[0].job): e[0].job for e in pending
+                     if isinstance(e, tuple) and e[0].job is not None}.values())
         for job in jobs:
             job.cancel()
         concurrent.futures.wait(jobs)
