@@ -5,8 +5,8 @@ One read-only file of ``--size-mib`` whose ``read`` returns one prebuilt 1 MiB b
 source, no copy), mounted four ways: the reply made on the trio loop or in a worker thread
 (with the adapter's own hand-off, `vmsift.fuse.ops.in_thread`, as vmsift does so that a slow
 source never stalls other readers), each with the kernel's page cache (readahead raised as
-vmsift does) and with ``direct_io``. The reader is ``os.pread`` of 1 MiB in a fresh process, its page cache of
-the mount dropped before each pass; best of 3. Compare with the direct read of
+vmsift does) and with ``direct_io``. The reader is ``os.pread`` of 1 MiB in a fresh process,
+its page cache of the mount dropped before each pass; best of 3. Compare with the direct read of
 `bench_fuse.py`: no FUSE file system in Python can be faster than these figures.
 
     .venv/bin/python bench/bench_fuse_ceiling.py [--size-mib 1024]     (as root, for readahead)

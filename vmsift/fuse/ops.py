@@ -31,7 +31,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import outcome
 import pyfuse3
 import trio
 
@@ -65,7 +64,7 @@ async def in_thread(limiter: trio.CapacityLimiter, fn: Callable[..., Any], *args
         task = trio.lowlevel.current_task()
         token = trio.lowlevel.current_trio_token()
 
-        def deliver(result: outcome.Outcome) -> None:
+        def deliver(result: Any) -> None:  # an outcome.Value or outcome.Error
             token.run_sync_soon(trio.lowlevel.reschedule, task, result)
 
         trio.lowlevel.start_thread_soon(lambda: fn(*args), deliver)  # captures fn's outcome
@@ -389,8 +388,9 @@ def _device(target: str) -> str | None:
 
 def _widen_readahead(target: str, device: str | None) -> None:
     """Let the kernel read ahead `READAHEAD` bytes on the mount (its default, 128 KiB, caps
-    each read request at that; more than `MAX_READ` keeps several requests in flight). Set once the kernel's INIT is answered (the answer would
-    lower it again), which the ``statvfs`` waits for; needs root, else the default stays."""
+    each read request at that; more than `MAX_READ` keeps several requests in flight). Set
+    once the kernel's INIT is answered (the answer would lower it again), which the
+    ``statvfs`` waits for; needs root, else the default stays."""
     try:
         os.statvfs(target)
         if device:
