@@ -48,10 +48,10 @@ from .hints import Hint, choose
 from .sources import TreeFile, disk_tree, identity_now, open_source
 
 BLOCK = 4 << 20          # bytes read from a source at a time (whole cells)
-AHEAD = 8                # jobs reading and hashing at once; bounds memory to AHEAD * BLOCK
+AHEAD = 8                # jobs reading and hashing at once: AHEAD * BLOCK bytes in memory
 COPIES_AHEAD = 4096      # runs of unread cells queued behind them
 SEAL_AHEAD = 32 << 20   # bytes of cells being sealed at once
-SEAL_BATCH = 1 << 20    # new cells sealed by one pool job
+SEAL_BATCH = 1 << 20    # blocks whose new cells one pool job seals
 PUTTERS = 2             # packs stored at once (a local disk gains queue depth; S3 more)
 PUTS_AHEAD = 4          # packs (16 MiB each) waiting to be stored
 
@@ -178,7 +178,7 @@ def _zeros(n: int) -> bytes:
 def _hash_block(repo: Repository, data: bytes, cell: int) -> list[bytes | None]:
     """The id of each cell of ``data``, None for an all-zero cell."""
     view = memoryview(data)
-    zero = _zeros(cell)  # made once: a block may be one cell, and a change hint's are
+    zero = _zeros(cell)  # made once per size: a change hint's blocks are often one cell
     out: list[bytes | None] = []
     for pos in range(0, len(data), cell):
         piece = view[pos:pos + cell]
@@ -226,14 +226,27 @@ class StreamWriter:
         self.leaf.data(chunk_id)
         self._close_leaf_if_full()
 
-    def seal(self, chunks: list[tuple[bytes, memoryview]]) -> None:
-        """Seal new chunks (one pool job per `SEAL_BATCH` bytes of them); they join packs
-        when done."""
+    def seal(self, chunks: list[tuple[bytes, memoryview]], block: int) -> None:
+        """Seal new chunks, cells of one block of ``block`` bytes (which they keep in
+        memory): one pool job per `SEAL_BATCH` bytes of blocks; they join packs when done."""
+        if not chunks:
+            return
         self.writer.pending.update(chunk_id for chunk_id, _ in chunks)
         self.unsealed += chunks
-        self.unsealed_size += sum(len(piece) for _, piece in chunks)
+        self.unsealed_size += block
         if self.unsealed_size >= SEAL_BATCH:
             self._submit_seal()
+
+    def abandon(self) -> None:
+        """The stream failed: its new chunks not yet in a pack are no longer pending, so
+        that a later stream of the run with the same cells stores them itself."""
+        for _, job in self.sealing:
+            job.cancel()
+        self.writer.pending.difference_update(
+            [chunk_id for chunk_id, _ in self.unsealed]
+            + [chunk_id for chunks, _ in self.sealing for chunk_id, _ in chunks])
+        self.unsealed, self.unsealed_size = [], 0
+        self.sealing.clear()
 
     def _submit_seal(self) -> None:
         chunks, self.unsealed, self.unsealed_size = self.unsealed, [], 0
@@ -335,8 +348,8 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
         known = b.known
         view = memoryview(data)
         new: list[tuple[bytes, memoryview]] = []
-        for k, chunk_id in enumerate(ids):
-            piece = view[k * cell:(k + 1) * cell]
+        for c, chunk_id in enumerate(ids):
+            piece = view[c * cell:(c + 1) * cell]
             if chunk_id is None:
                 out.empty(Alloc.ZERO, 1)
                 stats.zero += len(piece)
@@ -348,7 +361,7 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
                 stats.new += len(piece)
                 new.append((chunk_id, piece))
             out.data(chunk_id)
-        out.seal(new)
+        out.seal(new, len(data))
         if progress:
             progress(len(data))
 
@@ -407,6 +420,9 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
         while pending:
             take()
         stream = out.finish()
+    except BaseException:
+        out.abandon()  # what it did not store, later streams must store themselves
+        raise
     finally:  # on an error: no job may still read the source once the caller closes it
         jobs = list({id(e[0].job): e[0].job for e in pending
                      if isinstance(e, tuple) and e[0].job is not None}.values())

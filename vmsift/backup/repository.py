@@ -47,7 +47,7 @@ INDEX_EVERY = 16
 MAX_CONFIG = 1 << 20
 MAX_SNAPSHOT = 256 << 20
 BLOBS_CACHED = 64      # decoded chunks kept (small reads of one chunk after another)
-POOL_MAX = 16         # worker threads at most, however many cores
+POOL_MAX = 32         # worker threads at most, however many cores
 FETCH_SPAN = 8 << 20   # one read of a pack fetches neighbouring blobs up to this many bytes
 FETCH_GAP = 64 << 10   # and reads through gaps of unwanted blobs up to this size
 
@@ -354,7 +354,7 @@ class StreamSource(ByteSource):
                                  f"{self.cells} cells")
         self._leaves = LruCache(self.LEAVES_CACHED)
         self._located = LruCache(self.LEAVES_CACHED)
-        self._making = threading.RLock()  # a leaf is decoded and located by one thread
+        self._making = threading.RLock()  # one thread at a time decodes or locates a leaf
 
     def _once(self, cache: LruCache, i: int, make: Callable[[], Any]) -> Any:
         """``cache``'s value for leaf ``i``, made by one thread while the others that need
@@ -426,7 +426,11 @@ class StreamSource(ByteSource):
             for i in range(start // self.cell // LEAF_CELLS,
                            (end - 1) // self.cell // LEAF_CELLS + 1):
                 found.update(self.located(i))
-            loaded = self.repo.load_blobs(wanted, found)
+            try:
+                loaded = self.repo.load_blobs(wanted, found)
+            except MissingObjectError:  # a prune moved them since: look them up again
+                self._located.clear()
+                loaded = self.repo.load_blobs(wanted)
         else:
             loaded = {c: self.repo.load_blob(c) for c in wanted}
         out = []
