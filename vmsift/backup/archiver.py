@@ -385,12 +385,11 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
                 stats.read += n
                 if batch.blocks and batch.size + n > BLOCK:  # a batch holds BLOCK at most
                     submit(batch)
-                gathering = batch
-                gathering.blocks.append((pos, n))
-                gathering.size += n
-                pending.append((gathering, len(gathering.blocks) - 1))
-                if gathering.size == BLOCK:
-                    submit(gathering)
+                batch.blocks.append((pos, n))
+                batch.size += n
+                pending.append((batch, len(batch.blocks) - 1))
+                if batch.size == BLOCK:
+                    submit(batch)
                 while hashed_ahead > AHEAD:
                     take()
 
@@ -424,8 +423,7 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
         out.abandon()  # what it did not store, later streams must store themselves
         raise
     finally:  # on an error: no job may still read the source once the caller closes it
-        jobs = list({id(e[0].job): e[0].job for e in pending
-                     if isinstance(e, tuple) and e[0].job is not None}.values())
+        jobs = {e[0].job for e in pending if isinstance(e, tuple) and e[0].job is not None}
         for job in jobs:
             job.cancel()
         concurrent.futures.wait(jobs)
