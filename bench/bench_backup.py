@@ -16,7 +16,9 @@ its own, then:
 
 vmsift also (4) backs the disk up again with VMware change tracking beside it (a
 ``-ctk.vmdk`` that marks the same changed blocks: the ``ctk`` hint reads only them; restic and
-borg have no change hints, so their incremental of step 2 is the peer figure), and (5) makes
+borg have no change hints, so their incremental of step 2 is the peer figure), (5) backs it
+up again after a snapshot: a delta made by ``qemu-img create -b`` takes the same changes
+(written by ``qemu-io``) and the ``chain`` hint reads only its grains, and (6) makes
 the first backup and the restore through its S3 backend into moto's S3 server on 127.0.0.1
 (``--no-s3`` skips it; run the script with the venv's python, which has boto3 and moto).
 
@@ -41,7 +43,7 @@ and ``--compression zstd,3`` (default chunker, and ``--chunker-params fixed,4194
 vmsift is run as ``--vmsift PATH`` (default: this checkout's ``.venv/bin/vmsift``, else
 ``/work/main/.venv/bin/vmsift``); when it has no ``backup`` command yet the vmsift columns
 read "not available". A command that fails is reported with its command line and error text
-and the other tools go on. Steps 1-3 need only the standard library; 4 and 5 import the test
+and the other tools go on. Steps 1-3 need only the standard library; 4 and 6 import the test
 fixtures (CTK writer, moto server) and boto3.
 """
 
@@ -603,6 +605,51 @@ def bench_hinted(tool: Tool, src: Source, res: Result) -> None:
         set_ctk(src, None)
 
 
+def write_delta(src: Source, delta: Path, pieces: Path) -> int:
+    """A snapshot's delta above ``disk.vmdk`` made by qemu-img (monolithicSparse, 64 KiB
+    grains), holding the same scattered 64 KiB writes as `apply_changes`, written by
+    qemu-io; the VM's configuration then names it. Returns the bytes written."""
+    offsets = src.layout.changes()
+    rng = random.Random(src.layout.seed + 2)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat=monolithicSparse",
+                    "-b", "disk.vmdk", "-F", "vmdk", delta.name], cwd=src.folder, check=True)
+    pieces.mkdir(parents=True, exist_ok=True)
+    script = []
+    for n, off in enumerate(offsets):
+        (pieces / f"{n}").write_bytes(rng.randbytes(CHANGE))
+        script.append(f"write -q -s {pieces / str(n)} {off} {CHANGE}")
+    subprocess.run(["qemu-io", "-f", "vmdk", str(delta)], input="\n".join(script) + "\nquit\n",
+                   text=True, check=True, capture_output=True)
+    shutil.rmtree(pieces)
+    vmx = src.folder / "vm.vmx"
+    vmx.write_text(vmx.read_text().replace('"disk.vmdk"', f'"{delta.name}"'))
+    return len(offsets) * CHANGE
+
+
+def bench_delta(tool: Tool, src: Source, res: Result) -> None:
+    """vmsift's incremental with a snapshot chain as the hint: after the first backup the VM
+    gets a snapshot whose delta takes the same 5% of scattered 64 KiB writes; only the
+    delta's grains are read (the ``chain`` hint). The delta is removed afterwards."""
+    delta = src.folder / "disk-000001.vmdk"
+    vmx = src.folder / "vm.vmx"
+    config = vmx.read_text()
+    try:
+        tool.fresh()
+        tool.init()
+        tool.backup("vm", "delta-first")
+        repo1 = du_sb(tool.repo)
+        changed = write_delta(src, delta, tool.work / "delta-pieces")
+        r = tool.backup("vm", "delta-second")
+        log = (tool.logs / f"{tool.name}-backup-delta-second.log").read_text()
+        if "(chain hint)" not in log:
+            raise RuntimeError(f"the chain hint was not used: {log.strip()[-300:]}")
+        res.values.update(delta_incr_s=r.seconds, delta_incr_rss=r.rss,
+                          delta_growth_vs_changed=(du_sb(tool.repo) - repo1) / changed)
+    finally:
+        vmx.write_text(config)
+        delta.unlink(missing_ok=True)
+
+
 def bench_s3(tool: Tool, src: Source, res: Result, verify: str) -> None:
     """The main workload's first backup and restore through the S3 backend, into moto's S3
     server on 127.0.0.1 (in memory), beside the local backend's rows."""
@@ -704,6 +751,10 @@ ROWS = [  # (key, label, format)
     ("ctk_incr_s", "incremental with change tracking (CTK hint), s", "{:.1f}"),
     ("ctk_incr_rss", "incremental with CTK, peak RSS MiB", mib),
     ("ctk_growth_vs_changed", "incremental with CTK, growth / changed bytes", "{:.1f}x"),
+    ("delta_incr_s", "incremental with a snapshot delta (chain hint), s", "{:.1f}"),
+    ("delta_incr_rss", "incremental with a delta, peak RSS MiB", mib),
+    ("delta_growth_vs_changed", "incremental with a delta, growth / changed bytes",
+     "{:.1f}x"),
     ("s3_first_s", "first backup into S3 (moto on 127.0.0.1), s", "{:.1f}"),
     ("s3_first_logical_mibs", "first backup into S3, MiB/s of the logical size", "{:.0f}"),
     ("s3_first_rss", "first backup into S3, peak RSS MiB", mib),
@@ -838,6 +889,7 @@ def main() -> None:
         steps = [("main", lambda: bench_main(tool, src, res, verify))]
         if tool.family == "vmsift":
             steps.append(("hinted", lambda: bench_hinted(tool, src, res)))
+            steps.append(("delta", lambda: bench_delta(tool, src, res)))
             if not args.no_s3 and tool.name == "vmsift":
                 steps.append(("s3", lambda: bench_s3(tool, src, res, verify)))
         if thin:
