@@ -3,6 +3,7 @@ moments), and several clients backing up into one repository at once."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT, vmsift, vmsift_ok as ok
+from vmsift.backup.repository import Repository
 from vmsift.backup.retention import Policy, apply
 from vmsift.backup.snapshot import Snapshot
 from vmsift.errors import RepositoryError
@@ -128,6 +130,33 @@ def test_forget_and_prune_keep_what_kept_snapshots_use(tmp_path, env):
         ok("restore", "-r", repo, snap["short_id"], "--target", target)
         assert (target / "d.img").read_bytes() == state
     assert "0 pack(s) deleted, 0 repacked" in ok("prune", "-r", repo, "--max-unused", "0").stdout
+
+
+def stored_packs(repo: Path) -> set[str]:
+    return {p.name for p in (repo / "data").rglob("*") if p.is_file()}
+
+
+def test_a_reader_whose_pack_a_prune_repacked_finds_its_chunks_again(tmp_path, env):
+    """A reader that located a disk's chunks (as a mount does, once per manifest leaf) before
+    a prune moved them to a new pack looks them up again instead of failing."""
+    repo, disk = tmp_path / "repo", tmp_path / "d.img"
+    make_disk(disk, 24, seed=3)
+    ok("init", "-r", repo)
+    ok("backup", "-r", repo, disk)
+    write_at(disk, 6 * MIB, os.urandom(3 * MIB))
+    ok("backup", "-r", repo, disk)
+    now = disk.read_bytes()
+    with contextlib.closing(Repository.open(str(repo), b"pw")) as library:
+        snap = library.snapshots()[-1]
+        with library.open_disk(snap, "d.img") as src:
+            assert src.read(0, src.size) == now  # its chunks located, most in the first pack
+            packs = stored_packs(repo)
+            out = ok("forget", "--json", "-r", repo, "--keep-last", "1", "--prune",
+                     "--max-unused", "0")
+            assert json.loads(out.stdout)["prune"]["packs_repacked"] >= 1
+            assert packs - stored_packs(repo)  # a pack it read from is gone
+            assert src.read(0, src.size) == now
+            assert src.read(5 * MIB, 2 * MIB) == now[5 * MIB:7 * MIB]
 
 
 @pytest.mark.slow
