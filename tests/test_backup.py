@@ -396,7 +396,9 @@ def test_change_hints_identity_chain_and_full(tmp_path, cache):
     assert {d: e["hint"] for d, e in again.items()} == {"web.vmdk": "identity",
                                                          "data.vmdk": "identity"}
     assert again["web.vmdk"]["stats"]["read"] == 0
-    assert again["web.vmdk"]["stats"]["reused"] == first["web.vmdk"]["stats"]["read"] - MIB
+    # the disk's one manifest leaf (64 MiB of 64 KiB cells) is taken over by id, unloaded
+    assert again["web.vmdk"]["stats"]["kept"] == 64 * MIB
+    assert again["web.vmdk"]["stats"]["reused"] == 0
     # a snapshot is taken: a new delta above the disk the last backup saw, written to
     run("qemu-img", "create", "-q", "-f", "vmdk", "-b", "web-000001.vmdk", "-F", "vmdk",
         vm / "web-000002.vmdk")
@@ -416,6 +418,51 @@ def test_change_hints_identity_chain_and_full(tmp_path, cache):
         third["web.vmdk"]["stats"]["reused"] + MIB
     verified = _disk_events(repo, vm, "--verify-hints")
     assert verified["web.vmdk"]["hint"] == "identity" and verified["web.vmdk"]["hint_missed"] == []
+
+
+def test_unchanged_manifest_leaves_are_kept_whole(tmp_path, cache):
+    """Leaves of the previous backup that a hint says did not change are taken over by id,
+    without loading them: an unchanged disk keeps every leaf, a change rebuilds only the
+    leaves it touches, and both restore right."""
+    from vmsift.backup.repository import Repository
+
+    vm, repo = tmp_path / "vm", tmp_path / "repo"
+    vm.mkdir()
+    disk = vm / "d.vmdk"
+    run("qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat=monolithicSparse", disk,
+        "18M")  # 4 KiB cells: a leaf covers 4 MiB, so five leaves, the last one 2 MiB
+    qemu_io(disk, "write -P 0x21 0 3M", "write -P 0x22 9M 2M", "write -P 0x23 17M 1M")
+    (vm / "v.vmx").write_text('displayName = "leaves"\nscsi0:0.present = "TRUE"\n'
+                              'scsi0:0.fileName = "d.vmdk"\n')
+    ok("init", "-r", repo, "--encryption", "none", "--cell-size", "4096")
+    before = convert(disk, tmp_path / "before.raw")
+    first_snap = backup_json(repo, vm)[-1]
+    again = _disk_events(repo, vm)["d.vmdk"]
+    assert again["hint"] == "identity"
+    assert again["stats"]["kept"] == 18 * MIB
+    assert again["stats"]["read"] == again["stats"]["reused"] == again["stats"]["skipped"] == 0
+    delta = vm / "d-000001.vmdk"
+    run("qemu-img", "create", "-q", "-f", "vmdk", "-b", "d.vmdk", "-F", "vmdk", delta)
+    qemu_io(delta, "write -P 0x31 10M 64k")  # inside the third leaf only
+    (vm / "v.vmx").write_text((vm / "v.vmx").read_text().replace('"d.vmdk"', '"d-000001.vmdk"'))
+    third = _disk_events(repo, vm)["d.vmdk"]
+    assert third["hint"] == "chain" and third["stats"]["read"] == 64 * 1024
+    assert third["stats"]["kept"] == 14 * MIB  # every leaf but the third
+    # the third leaf, cell by cell: 2 MiB of holes, the unchanged data, the 16 new cells
+    # (all alike: one stored)
+    assert third["stats"]["skipped"] == 2 * MIB and third["stats"]["new"] == 4096
+    assert third["stats"]["reused"] == 2 * MIB - 4096
+    with Repository.open(str(repo)) as library:
+        leaves = [s.disk("d.vmdk").stream.leaves for s in library.snapshots()]
+    assert leaves[1] == leaves[0] and len(leaves[0]) == 5
+    assert [a == b for a, b in zip(leaves[2], leaves[1])] == [True, True, False, True, True]
+    after = convert(delta, tmp_path / "after.raw")
+    oldest = json.loads(ok("snapshots", "--json", "-r", repo).stdout)["snapshots"][0]
+    assert oldest["short_id"] == first_snap["short_id"]
+    for spec, expected in (("latest", after), (oldest["short_id"], before)):
+        out = tmp_path / f"out-{spec}"
+        ok("restore", "-r", repo, spec, "--disk", "d.vmdk", "--target", out)
+        assert (out / "d.raw").read_bytes() == expected
 
 
 def _flat_vm_with_ctk(folder: Path, size: int) -> Path:

@@ -25,7 +25,9 @@ def _line(e: dict) -> str:
         return (f"{e['vm']}: disk {e['disk']} ({e['hint']} hint{check}): "
                 f"{human_size(s['size'])}, read "
                 f"{human_size(s['read'])}, skipped {human_size(s['skipped'] + s['zero'])} "
-                f"zero/hole, reused {human_size(s['reused'])}, new {human_size(s['new'])} "
+                f"zero/hole, reused {human_size(s['reused'])}, "
+                + (f"kept {human_size(s['kept'])} as it was, " if s['kept'] else "")
+                + f"new {human_size(s['new'])} "
                 f"stored as {human_size(s['stored'])}, {s['seconds']:.1f} s" + _tree(e))
     s = e["stats"]
     return (f"snapshot {e['short_id']} saved: VM {e['vm']}, {e['disks']} disk(s), "
