@@ -456,6 +456,9 @@ def test_unchanged_manifest_leaves_are_kept_whole(tmp_path, cache):
         leaves = [s.disk("d.vmdk").stream.leaves for s in library.snapshots()]
     assert leaves[1] == leaves[0] and len(leaves[0]) == 5
     assert [a == b for a, b in zip(leaves[2], leaves[1])] == [True, True, False, True, True]
+    # the data a disk holds comes from its manifest, not from what its backup read
+    line = next(x for x in ok("ls", "-r", repo, "latest").stdout.splitlines() if "d.vmdk" in x)
+    assert line.split()[-2:] == ["6", "MiB"]
     after = convert(delta, tmp_path / "after.raw")
     oldest = json.loads(ok("snapshots", "--json", "-r", repo).stdout)["snapshots"][0]
     assert oldest["short_id"] == first_snap["short_id"]
