@@ -420,6 +420,21 @@ def test_change_hints_identity_chain_and_full(tmp_path, cache):
     assert verified["web.vmdk"]["hint"] == "identity" and verified["web.vmdk"]["hint_missed"] == []
 
 
+def _vm_of_five_leaves(vm: Path, repo: Path) -> Path:
+    """A VM of one 18 MiB monolithicSparse disk with data in three places, and a repository
+    of 4 KiB cells for it: a manifest leaf covers 4 MiB, so the disk has five (the last one
+    2 MiB)."""
+    vm.mkdir()
+    disk = vm / "d.vmdk"
+    run("qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat=monolithicSparse", disk,
+        "18M")
+    qemu_io(disk, "write -P 0x21 0 3M", "write -P 0x22 9M 2M", "write -P 0x23 17M 1M")
+    (vm / "v.vmx").write_text('displayName = "leaves"\nscsi0:0.present = "TRUE"\n'
+                              'scsi0:0.fileName = "d.vmdk"\n')
+    ok("init", "-r", repo, "--encryption", "none", "--cell-size", "4096")
+    return disk
+
+
 def test_unchanged_manifest_leaves_are_kept_whole(tmp_path, cache):
     """Leaves of the previous backup that a hint says did not change are taken over by id,
     without loading them: an unchanged disk keeps every leaf, a change rebuilds only the
@@ -427,14 +442,7 @@ def test_unchanged_manifest_leaves_are_kept_whole(tmp_path, cache):
     from vmsift.backup.repository import Repository
 
     vm, repo = tmp_path / "vm", tmp_path / "repo"
-    vm.mkdir()
-    disk = vm / "d.vmdk"
-    run("qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat=monolithicSparse", disk,
-        "18M")  # 4 KiB cells: a leaf covers 4 MiB, so five leaves, the last one 2 MiB
-    qemu_io(disk, "write -P 0x21 0 3M", "write -P 0x22 9M 2M", "write -P 0x23 17M 1M")
-    (vm / "v.vmx").write_text('displayName = "leaves"\nscsi0:0.present = "TRUE"\n'
-                              'scsi0:0.fileName = "d.vmdk"\n')
-    ok("init", "-r", repo, "--encryption", "none", "--cell-size", "4096")
+    disk = _vm_of_five_leaves(vm, repo)
     before = convert(disk, tmp_path / "before.raw")
     first_snap = backup_json(repo, vm)[-1]
     again = _disk_events(repo, vm)["d.vmdk"]
@@ -466,6 +474,24 @@ def test_unchanged_manifest_leaves_are_kept_whole(tmp_path, cache):
         out = tmp_path / f"out-{spec}"
         ok("restore", "-r", repo, spec, "--disk", "d.vmdk", "--target", out)
         assert (out / "d.raw").read_bytes() == expected
+
+
+def test_a_previous_backup_the_index_lost_is_not_taken_over(tmp_path, cache, monkeypatch):
+    """When the index no longer has the previous backup's manifest leaves (its index objects
+    lost, read from a new cache), a hint is not followed: the disk is read in full, the
+    notes say why, and the new snapshot restores."""
+    vm, repo = tmp_path / "vm", tmp_path / "repo"
+    disk = _vm_of_five_leaves(vm, repo)
+    backup_json(repo, vm)
+    for index in [p for p in (repo / "index").rglob("*") if p.is_file()]:
+        index.unlink()
+    monkeypatch.setenv("VMSIFT_CACHE_DIR", str(tmp_path / "another-cache"))
+    again = _disk_events(repo, vm)["d.vmdk"]
+    assert again["hint"] == "none" and again["stats"]["kept"] == 0
+    assert "is not in the index" in " ".join(again["hint_notes"])
+    assert again["stats"]["read"] == 6 * MIB and again["stats"]["new"] > 0
+    ok("restore", "-r", repo, "latest", "--disk", "d.vmdk", "--target", tmp_path / "out")
+    assert (tmp_path / "out" / "d.raw").read_bytes() == convert(disk, tmp_path / "d.raw")
 
 
 def _flat_vm_with_ctk(folder: Path, size: int) -> Path:

@@ -511,6 +511,14 @@ def _store_hinted(repo: Repository, writer: BlobWriter, src: ByteSource, name: s
     notes: dict[str, Any] = {}
     hint, against = _best_hint(volume, facts, identity, src, candidates, repo.cell_size)
     base = repo.open_stream(against.stream, against.name) if against is not None else None
+    if base is not None and hint.changed is not None:
+        # its unchanged leaves are taken over by id, as chunks are: the index must have them
+        leaves = [bytes.fromhex(leaf) for leaf in base.stream.leaves]
+        unknown = set(leaves) - writer.known(leaves)
+        if unknown:
+            hint = Hint("none", None, hint.notes + [
+                f"the previous backup's manifest leaf {min(unknown).hex()[:16]} is not in "
+                "the index (a damaged repository: run check): read in full"])
     if hints == "off":
         hint = Hint("none", None, ["--no-hints: read in full"])
     if hints == "verify" or hint.changed is None:
