@@ -614,13 +614,15 @@ def write_delta(src: Source, delta: Path, pieces: Path) -> int:
     subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat=monolithicSparse",
                     "-b", "disk.vmdk", "-F", "vmdk", delta.name], cwd=src.folder, check=True)
     pieces.mkdir(parents=True, exist_ok=True)
-    script = []
-    for n, off in enumerate(offsets):
-        (pieces / f"{n}").write_bytes(rng.randbytes(CHANGE))
-        script.append(f"write -q -s {pieces / str(n)} {off} {CHANGE}")
-    subprocess.run(["qemu-io", "-f", "vmdk", str(delta)], input="\n".join(script) + "\nquit\n",
-                   text=True, check=True, capture_output=True)
-    shutil.rmtree(pieces)
+    try:
+        script = []
+        for n, off in enumerate(offsets):
+            (pieces / f"{n}").write_bytes(rng.randbytes(CHANGE))
+            script.append(f"write -q -s {pieces / str(n)} {off} {CHANGE}")
+        subprocess.run(["qemu-io", "-f", "vmdk", str(delta)], check=True, capture_output=True,
+                       input="\n".join(script) + "\nquit\n", text=True)
+    finally:
+        shutil.rmtree(pieces, ignore_errors=True)
     vmx = src.folder / "vm.vmx"
     vmx.write_text(vmx.read_text().replace('"disk.vmdk"', f'"{delta.name}"'))
     return len(offsets) * CHANGE

@@ -329,6 +329,10 @@ def test_check_names_what_damage_affects(tmp_path, cache, encryption):
     doc = json.loads(out.stdout)
     assert out.returncode == 8 and not doc["ok"]
     assert any(p["what"] == "missing" and p["affects"] for p in doc["problems"])
+    out = vmsift("ls", "-r", repo, "latest")  # still lists what it can
+    assert out.returncode == 0 and "warning: disk web.vmdk:" in out.stderr
+    assert next(x for x in out.stdout.splitlines() if x.strip().startswith("web.vmdk")
+                ).split()[-1] == "?"
     pack.write_bytes(original)
     ok("check", "-r", repo, "--read-data")
     index = next((repo / "index").iterdir())

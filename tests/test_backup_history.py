@@ -136,9 +136,11 @@ def stored_packs(repo: Path) -> set[str]:
     return {p.name for p in (repo / "data").rglob("*") if p.is_file()}
 
 
-def test_a_reader_whose_pack_a_prune_repacked_finds_its_chunks_again(tmp_path, env):
+def test_a_reader_whose_pack_a_prune_repacked_finds_its_chunks_again(tmp_path, env,
+                                                                     monkeypatch):
     """A reader that located a disk's chunks (as a mount does, once per manifest leaf) before
-    a prune moved them to a new pack looks them up again instead of failing."""
+    a prune elsewhere (another process, its own cache) moved them to a new pack brings its
+    index up to date and finds them, instead of failing."""
     repo, disk = tmp_path / "repo", tmp_path / "d.img"
     make_disk(disk, 24, seed=3)
     ok("init", "-r", repo)
@@ -146,7 +148,10 @@ def test_a_reader_whose_pack_a_prune_repacked_finds_its_chunks_again(tmp_path, e
     write_at(disk, 6 * MIB, os.urandom(3 * MIB))
     ok("backup", "-r", repo, disk)
     now = disk.read_bytes()
+    monkeypatch.setenv("VMSIFT_CACHE_DIR", str(tmp_path / "reader-cache"))
     with contextlib.closing(Repository.open(str(repo), b"pw")) as library:
+        monkeypatch.setenv("VMSIFT_CACHE_DIR", str(tmp_path / "cache"))  # the pruner's
+        assert library.sync_index() == []  # as a mount does when it starts
         snap = library.snapshots()[-1]
         with library.open_disk(snap, "d.img") as src:
             assert src.read(0, src.size) == now  # its chunks located, most in the first pack

@@ -80,6 +80,7 @@ class Repository:
         self.index = index_mod.IndexCache(os.path.join(self.cache_dir, "index.sqlite"))
         self._blob_cache = LruCache(BLOBS_CACHED)
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._syncing = threading.Lock()  # readers of a mount may find a prune at once
 
     # --- creating and opening ------------------------------------------------------------
 
@@ -183,6 +184,10 @@ class Repository:
     def sync_index(self) -> list[str]:
         """Bring the local index cache up to the repository's index objects; return the
         names of index objects that could not be read (damaged)."""
+        with self._syncing:
+            return self._sync_index()
+
+    def _sync_index(self) -> list[str]:
         listed = {name for name, _ in self.backend.list("index")}
         known = self.index.known_objects()
         if known - listed:  # an index object went away (prune): start again
@@ -417,22 +422,24 @@ class StreamSource(ByteSource):
             lo, hi = cell * self.cell, min(self.size, (cell + count) * self.cell)
             yield lo, hi - lo, chunk_id if kind is Alloc.DATA else None
 
+    def _load(self, wanted: list[bytes], start: int, end: int) -> dict[bytes, bytes]:
+        if len(wanted) <= 1:
+            return {c: self.repo.load_blob(c) for c in wanted}
+        found: dict[bytes, tuple[str, PackEntry]] = {}
+        for i in range(start // self.cell // LEAF_CELLS, (end - 1) // self.cell // LEAF_CELLS + 1):
+            found.update(self.located(i))
+        return self.repo.load_blobs(wanted, found)
+
     def read(self, offset: int, length: int) -> bytes:
         start, end = clip(self.size, offset, length)
         pieces = list(self.chunks(start, end - start))
         wanted = [c for _, _, c in pieces if c is not None]
-        if len(wanted) > 1:
-            found: dict[bytes, tuple[str, PackEntry]] = {}
-            for i in range(start // self.cell // LEAF_CELLS,
-                           (end - 1) // self.cell // LEAF_CELLS + 1):
-                found.update(self.located(i))
-            try:
-                loaded = self.repo.load_blobs(wanted, found)
-            except MissingObjectError:  # a prune moved them since: look them up again
-                self._located.clear()
-                loaded = self.repo.load_blobs(wanted)
-        else:
-            loaded = {c: self.repo.load_blob(c) for c in wanted}
+        try:
+            loaded = self._load(wanted, start, end)
+        except MissingObjectError:  # a prune moved them since: bring the index up to date
+            self._located.clear()    # (another process may have pruned) and look again
+            self.repo.sync_index()
+            loaded = self._load(wanted, start, end)
         out = []
         for lo, n, chunk_id in pieces:
             a, b = max(start, lo) - lo, min(end, lo + n) - lo

@@ -149,14 +149,18 @@ def ls_cmd(repo_path: str, password_file: str | None, snapshot: str, vm_name: st
         if as_json:
             echo_json(document(repository=repo.location, snapshot=s.to_dict() | {"id": s.id}))
             return
-        data = []  # from each disk's manifest: a hinted backup read only part of it
+        data: list[str] = []  # from each disk's manifest: a hinted backup read only part
         for d in s.disks:
-            with repo.open_disk(s, d.name) as src:
-                data.append(src.stored_bytes())
+            try:
+                with repo.open_disk(s, d.name) as src:
+                    data.append(human_size(src.stored_bytes()))
+            except RepositoryError as e:  # a damaged repository is listed all the same
+                data.append("?")
+                click.echo(f"warning: disk {d.name}: {e}", err=True)
     click.echo(f"snapshot {s.short_id} of VM {s.vm_name!r} ({s.vm.get('kind')}), "
                f"{_time(s.time)} UTC on {s.host}, from {s.source}")
     disks = Table("disks", ["name", "device", "size", "capacity", "data"],
-                  [[d.name, d.device, d.size, human_size(d.size), human_size(n)]
+                  [[d.name, d.device, d.size, human_size(d.size), n]
                    for d, n in zip(s.disks, data)])
     files = Table("files", ["name", "size"], [[f.name, f.size] for f in s.files])
     click.echo("\n".join(["", *render_table(disks), "", *render_table(files)]))
