@@ -195,6 +195,18 @@ def _sources(name, host_file, qemu_disks, tmp_path):
     if name == "stream":
         src = sparse.SparseExtent(FileSource(qemu_disks["stream"]))
         return src, qemu_disks["raw"], True
+    if name == "repository":  # the sparse disk backed up, with a cut last cell
+        from vmsift.backup.archiver import BlobWriter, store_stream
+        from vmsift.backup.repository import Repository
+
+        repo = Repository.init(str(tmp_path / "repo"), encryption="none", cell_size=4096)
+        disk = ConcatSource([sparse.SparseExtent(FileSource(qemu_disks["sparse"])),
+                             BytesSource(b"tail")])
+        writer = BlobWriter(repo)
+        stream, _ = store_stream(repo, writer, disk)
+        writer.finish()
+        assert len(stream.leaves) > 2  # several leaves, the last one short
+        return repo.open_stream(stream, "disk"), qemu_disks["raw"] + b"tail", True
     if name == "cowd":
         src, expected = _delta(tmp_path, write_cowd, "c-delta.vmdk", WRITES, 16384,
                                cowd.CowdExtent)
@@ -207,15 +219,16 @@ def _sources(name, host_file, qemu_disks, tmp_path):
 
 
 KINDS = ["bytes", "empty", "file", "slice", "zero", "concat", "overlay", "unavailable",
-         "sparse", "stream", "cowd", "sesparse"]
+         "sparse", "stream", "cowd", "sesparse", "repository"]
 
 
 @pytest.mark.parametrize("name", KINDS)
-def test_source_contract(name, host_file, qemu_disks, tmp_path):
+def test_source_contract(name, host_file, qemu_disks, tmp_path, monkeypatch):
+    monkeypatch.setenv("VMSIFT_CACHE_DIR", str(tmp_path / "cache"))
     src, expected, readable = _sources(name, host_file, qemu_disks, tmp_path)
     with src:
         runs = check_source(src, expected, readable=readable)
-    if name in ("file", "sparse", "cowd", "sesparse"):  # these maps know their holes
+    if name in ("file", "sparse", "cowd", "sesparse", "repository"):  # maps with holes
         assert {r.kind for r in runs} >= {Alloc.DATA, Alloc.HOLE}, runs
 
 

@@ -346,6 +346,7 @@ class StreamSource(ByteSource):
     time."""
 
     LEAVES_CACHED = 16  # leaves decoded, and leaves whose chunks were located
+    LEAVES_AT_ONCE = 256  # leaves fetched together to count the data a stream holds
 
     def __init__(self, repo: Repository, stream: Stream, name: str):
         self.repo = repo
@@ -413,6 +414,24 @@ class StreamSource(ByteSource):
                 yield Run(lo, hi - lo, kind)
 
         return merge_runs(runs())
+
+    def stored_bytes(self) -> int:
+        """Bytes of DATA cells, from the manifest: its leaves fetched `LEAVES_AT_ONCE` at a
+        time (neighbours in a pack with one read, several reads at once: an object store
+        answers each in tens of milliseconds, and a 2 TiB disk has 32,768 leaves)."""
+        total = 0
+        for first in range(0, len(self.stream.leaves), self.LEAVES_AT_ONCE):
+            ids = [bytes.fromhex(x)
+                   for x in self.stream.leaves[first:first + self.LEAVES_AT_ONCE]]
+            raws = self.repo.load_blobs(ids)
+            for i, leaf_id in enumerate(ids, first):
+                cell = i * LEAF_CELLS
+                for kind, count, _ in decode_leaf(raws[leaf_id], leaf_cells(i, self.cells),
+                                                  f"{self.name}: manifest leaf {i}"):
+                    if kind is Alloc.DATA:
+                        total += min((cell + count) * self.cell, self.size) - cell * self.cell
+                    cell += count
+        return total
 
     def chunks(self, offset: int = 0, length: int | None = None
                ) -> Iterator[tuple[int, int, bytes | None]]:
