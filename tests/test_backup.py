@@ -439,7 +439,7 @@ def _vm_of_five_leaves(vm: Path, repo: Path) -> Path:
     return disk
 
 
-def test_unchanged_manifest_leaves_are_kept_whole(tmp_path, cache):
+def test_unchanged_manifest_leaves_are_kept_whole(tmp_path, cache, monkeypatch):
     """Leaves of the previous backup that a hint says did not change are taken over by id,
     without loading them: an unchanged disk keeps every leaf, a change rebuilds only the
     leaves it touches, and both restore right."""
@@ -468,9 +468,13 @@ def test_unchanged_manifest_leaves_are_kept_whole(tmp_path, cache):
         leaves = [s.disk("d.vmdk").stream.leaves for s in library.snapshots()]
     assert leaves[1] == leaves[0] and len(leaves[0]) == 5
     assert [a == b for a, b in zip(leaves[2], leaves[1])] == [True, True, False, True, True]
-    # the data a disk holds comes from its manifest, not from what its backup read
-    line = next(x for x in ok("ls", "-r", repo, "latest").stdout.splitlines() if "d.vmdk" in x)
-    assert line.split()[-2:] == ["6", "MiB"]
+    # the data a disk holds comes from its manifest, not from what its backup read (also
+    # with a cache that has never seen the repository)
+    for where in ("cache", "new-cache"):
+        monkeypatch.setenv("VMSIFT_CACHE_DIR", str(tmp_path / where))
+        out = ok("ls", "-r", repo, "latest")
+        line = next(x for x in out.stdout.splitlines() if "d.vmdk" in x)
+        assert line.split()[-2:] == ["6", "MiB"] and out.stderr == ""
     after = convert(delta, tmp_path / "after.raw")
     oldest = json.loads(ok("snapshots", "--json", "-r", repo).stdout)["snapshots"][0]
     assert oldest["short_id"] == first_snap["short_id"]

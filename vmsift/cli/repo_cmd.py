@@ -150,6 +150,8 @@ def ls_cmd(repo_path: str, password_file: str | None, snapshot: str, vm_name: st
             echo_json(document(repository=repo.location, snapshot=s.to_dict() | {"id": s.id}))
             return
         data: list[str] = []  # from each disk's manifest: a hinted backup read only part
+        for name in repo.sync_index():
+            click.echo(f"warning: index {name[:16]} is damaged and was left out", err=True)
         for d in s.disks:
             try:
                 with repo.open_disk(s, d.name) as src:
