@@ -144,3 +144,33 @@ def test_check_is_clean_on_qemu_files(images):
     for name in ("plain.vmdk", "stream.vmdk", "zeroed.vmdk"):
         with FileSource(images / name) as f:
             assert sparse.SparseExtent(f).check() == []
+
+
+def test_entry_runs_agree_with_each_entry():
+    """The runs of a grain table, found with searches, are those of its entries one by one
+    (values whose low bytes are zero included: 256, 2**16, 2**24)."""
+    import array
+    import random
+
+    def one_by_one(values, zeroed):
+        runs = []
+        for e in values:
+            kind = Alloc.HOLE if e == 0 else Alloc.ZERO if e == 1 and zeroed else Alloc.DATA
+            runs[-1:] = [(runs[-1][0] + 1, kind)] if runs and runs[-1][1] is kind else \
+                runs[-1:] + [(1, kind)]
+        return runs
+
+    def merged(runs):
+        out = []
+        for count, kind in runs:
+            out[-1:] = [(out[-1][0] + count, kind)] if out and out[-1][1] is kind else \
+                out[-1:] + [(count, kind)]
+        return out
+
+    rng = random.Random(7)
+    for _ in range(2000):
+        values = [rng.choice([0, 0, 0, 1, 5, 256, 1 << 16, 1 << 24, 0xFFFFFFFF])
+                  for _ in range(rng.randrange(40))]
+        for zeroed in (False, True):
+            assert merged(sparse._entry_runs(array.array("I", values), zeroed)) == \
+                one_by_one(values, zeroed), (values, zeroed)

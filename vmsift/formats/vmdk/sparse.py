@@ -189,6 +189,32 @@ class MarkerType(enum.IntEnum):
     FOOTER = 3
 
 
+def _entry_runs(entries: array.array, zeroed_grains: bool) -> list[tuple[int, Alloc]]:
+    """(count, kind) runs of grain table ``entries``: 0 is a HOLE, 1 a ZERO grain where the
+    header says so, anything else DATA. Runs of zeros are found with C-speed searches (a
+    map of a 2 TiB disk has 33 million entries)."""
+    raw = entries.tobytes()
+    runs: list[tuple[int, Alloc]] = []
+    pos, n = 0, len(entries)
+    while pos < n:
+        try:
+            zero = entries.index(0, pos)
+        except ValueError:
+            zero = n
+        if zero > pos:  # entries [pos, zero) are not 0
+            data = entries[pos:zero]
+            if zeroed_grains and 1 in data:
+                runs += [(1, Alloc.ZERO if e == 1 else Alloc.DATA) for e in data]
+            else:
+                runs.append((zero - pos, Alloc.DATA))
+        if zero == n:
+            break
+        rest = raw[zero * 4:].lstrip(b"\0")  # from the first byte of an entry that is not 0
+        pos = (len(raw) - len(rest)) // 4
+        runs.append((pos - zero, Alloc.HOLE))
+    return runs
+
+
 def _uint32s(raw: bytes) -> array.array:
     table = array.array("I")
     table.frombytes(raw)
@@ -366,12 +392,20 @@ class SparseExtent(ByteSource):
 
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Run]:
         start, end = clip(self.size, offset, length)
-        gb = self.grain_bytes
+        gb, per_gt = self.grain_bytes, self.header.num_gtes_per_gt
 
         def runs() -> Iterator[Run]:
-            for grain, entry, count in self.grain_entries(start // gb, -(-end // gb)):
-                lo, hi = max(grain * gb, start), min((grain + count) * gb, end)
-                yield Run(lo, hi - lo, self._kind(entry))
+            grain, last = start // gb, -(-end // gb)
+            while grain < last:  # table by table
+                gt_index, first = divmod(grain, per_gt)
+                stop = min(last, (gt_index + 1) * per_gt)
+                table = self._gt(gt_index)
+                entries = _entry_runs(table[first:first + stop - grain], self.zeroed_grains) \
+                    if table is not None else [(stop - grain, Alloc.HOLE)]
+                for count, kind in entries:
+                    lo, hi = max(grain * gb, start), min((grain + count) * gb, end)
+                    yield Run(lo, hi - lo, kind)
+                    grain += count
 
         return merge_runs(runs()) if end > start else iter(())
 
