@@ -376,8 +376,10 @@ class StreamSource(ByteSource):
         records."""
         return self._once(self._leaves, i, lambda: self._decode_leaf(i))
 
-    def _decode_leaf(self, i: int):
-        raw = self.repo.load_blob(bytes.fromhex(self.stream.leaves[i]), cache=False)
+    def _decode_leaf(self, i: int, raw: bytes | None = None):
+        """`leaf` ``i`` from its stored bytes (``raw``, else loaded now)."""
+        if raw is None:
+            raw = self.repo.load_blob(bytes.fromhex(self.stream.leaves[i]), cache=False)
         starts, records, cell = [], [], i * LEAF_CELLS
         for kind, count, chunk_id in decode_leaf(raw, leaf_cells(i, self.cells),
                                                  f"{self.name}: manifest leaf {i}"):
@@ -425,12 +427,9 @@ class StreamSource(ByteSource):
                    for x in self.stream.leaves[first:first + self.LEAVES_AT_ONCE]]
             raws = self.repo.load_blobs(ids)
             for i, leaf_id in enumerate(ids, first):
-                cell = i * LEAF_CELLS
-                for kind, count, _ in decode_leaf(raws[leaf_id], leaf_cells(i, self.cells),
-                                                  f"{self.name}: manifest leaf {i}"):
-                    if kind is Alloc.DATA:
-                        total += min((cell + count) * self.cell, self.size) - cell * self.cell
-                    cell += count
+                total += sum(min((cell + count) * self.cell, self.size) - cell * self.cell
+                             for cell, count, kind, _ in self._decode_leaf(i, raws[leaf_id])[1]
+                             if kind is Alloc.DATA)
         return total
 
     def chunks(self, offset: int = 0, length: int | None = None
