@@ -9,7 +9,7 @@ import pytest
 
 from vmsift.backup.chunker import segments
 from vmsift.backup.crypto import Keys, open_keys, seal_keys
-from vmsift.backup.manifest import LeafBuilder, decode_leaf
+from vmsift.backup.manifest import Leaf, LeafBuilder, decode_leaf
 from vmsift.backup.pack import PackWriter, read_header
 from vmsift.errors import IntegrityError
 from vmsift.source import Alloc, ByteSource, Run
@@ -59,8 +59,63 @@ def test_leaf_round_trip_and_damage():
                                            (Alloc.ZERO, 1, None)]
     with pytest.raises(IntegrityError, match="covers 7 cells, not 8"):
         decode_leaf(raw, 8, "leaf")
-    with pytest.raises(IntegrityError, match="bad record"):
+    with pytest.raises(IntegrityError, match="bad record at byte 0"):
+        decode_leaf(b"\x07" + raw[1:], 7, "leaf")
+    with pytest.raises(IntegrityError, match="covers more than 7 cells"):
         decode_leaf(raw + b"\x07", 7, "leaf")
+
+    with pytest.raises(IntegrityError, match="bad record at byte 0"):  # a run of no cells
+        decode_leaf(b"\x01\0\0\0\0" + raw, 7, "leaf")
+    with pytest.raises(IntegrityError, match="covers more than 7 cells"):
+        decode_leaf(raw + b"\x00" * 33 * 100_000, 7, "leaf")
+    with pytest.raises(IntegrityError, match="bad record at byte 38"):  # a cut DATA record
+        decode_leaf(raw[:-5] + raw[5:20], 7, "leaf")
+
+
+def _cells(rng, n, data_share):
+    """``n`` cells as (kind, id): DATA with ids, ZERO and HOLE in runs."""
+    out = []
+    while len(out) < n:
+        if rng.random() < data_share:
+            out.append((Alloc.DATA, rng.randbytes(32)))
+        else:
+            out += [(rng.choice([Alloc.ZERO, Alloc.HOLE]), None)] * rng.randint(1, 9)
+    return out[:n]
+
+
+def _build(cells):
+    b = LeafBuilder()
+    for kind, chunk_id in cells:
+        b.data(chunk_id) if kind is Alloc.DATA else b.empty(kind, 1)
+    return b.finish()
+
+
+def test_a_leaf_copied_in_pieces_is_the_leaf_built_cell_by_cell():
+    """What a hinted backup does with a partly changed leaf: unchanged spans copied from
+    the previous leaf, changed cells added one by one; the bytes must be those of adding
+    every cell (runs joined across the pieces), and the DATA counts right."""
+    rng = random.Random(11)
+    for trial in range(1500):
+        n = rng.randint(1, 60)
+        old = _cells(rng, n, rng.choice([0.0, 0.3, 0.8, 1.0]))
+        new = [c if rng.random() < 0.8 else _cells(rng, 1, 0.5)[0] for c in old]
+        leaf = Leaf(_build(old), n, "leaf")
+        assert leaf.records() == decode_leaf(_build(old), n, "leaf")
+        assert [leaf.is_data(c) for c in range(n)] == [k is Alloc.DATA for k, _ in old]
+        b, pos = LeafBuilder(), 0
+        while pos < n:  # copy a span of old cells, then add changed ones
+            hi = rng.randint(pos + 1, n)
+            data = b.copy(leaf, pos, hi)
+            assert data == sum(k is Alloc.DATA for k, _ in old[pos:hi])
+            new[pos:hi] = old[pos:hi]
+            pos = hi
+            for _ in range(rng.randint(0, 3)):
+                if pos < n:
+                    kind, chunk_id = new[pos]
+                    b.data(chunk_id) if kind is Alloc.DATA else b.empty(kind, 1)
+                    pos += 1
+        assert b.cells == n
+        assert b.finish() == _build(new), trial
 
 
 @pytest.mark.parametrize("encrypted", [False, True])

@@ -39,7 +39,7 @@ from ..datastore.volume import Volume
 from ..errors import VmsiftError
 from ..source import Alloc, ByteSource
 from .chunker import cell_count, segments
-from .manifest import LEAF_CELLS, LeafBuilder, leaf_cells
+from .manifest import LEAF_CELLS, Leaf, LeafBuilder, leaf_cells
 from .pack import MAX_BLOBS, BlobType, PackEntry, PackWriter
 from .repository import INDEX_EVERY, Repository
 from .snapshot import DiskEntry, FileEntry, LinkEntry, Snapshot, Stream
@@ -226,6 +226,14 @@ class StreamWriter:
     def data(self, chunk_id: bytes) -> None:
         self.leaf.data(chunk_id)
         self._close_leaf_if_full()
+
+    def copy(self, leaf: Leaf, lo: int, hi: int) -> int:
+        """Cells ``[lo, hi)`` of the next leaf as ``leaf`` (the same leaf of another stream
+        of the same size and cell size) has them; returns how many are DATA."""
+        assert self.leaf.cells == lo and hi <= lo + self._room()
+        data = self.leaf.copy(leaf, lo, hi)
+        self._close_leaf_if_full()
+        return data
 
     def keep_leaf(self, index: int, leaf: str) -> None:
         """Leaf ``index`` (the next one) as another stream of the same size and cell size
@@ -419,17 +427,18 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
             first = stop
 
     def copy_records(first: int, end: int) -> None:
-        for c0, n, kind, chunk_id in base.records(first * cell, min(src.size, end * cell)):
-            lo, hi = max(c0, first), min(c0 + n, end)
-            nbytes = min(hi * cell, src.size) - lo * cell
-            if kind is Alloc.DATA:
-                out.data(chunk_id)
-                stats.reused += nbytes
-            else:
-                out.empty(kind, hi - lo)
-                stats.skipped += nbytes
-            if progress:
-                progress(nbytes)
+        """Cells [first, end) of one leaf, as the previous backup has them."""
+        leaf_start = first // LEAF_CELLS * LEAF_CELLS
+        leaf = base.indexed_leaf(first // LEAF_CELLS)
+        data = out.copy(leaf, first - leaf_start, end - leaf_start)
+        nbytes = min(end * cell, src.size) - first * cell
+        reused = data * cell
+        if end * cell > src.size and leaf.is_data(end - 1 - leaf_start):
+            reused -= end * cell - src.size  # the stream's last cell is cut
+        stats.reused += reused
+        stats.skipped += nbytes - reused
+        if progress:
+            progress(nbytes)
 
     def copy_cells(first: int, count: int) -> None:
         pending.append(functools.partial(copy, first, count))

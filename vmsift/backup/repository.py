@@ -33,7 +33,7 @@ from .backends import Backend, open_backend
 from .chunker import cell_count
 from .crypto import Keys, object_name, open_keys, seal_keys
 from .lock import Lock
-from .manifest import LEAF_CELLS, decode_leaf, leaf_cells
+from .manifest import LEAF_CELLS, Leaf, leaf_cells
 from .pack import PackEntry
 from .snapshot import Snapshot, Stream
 
@@ -360,6 +360,7 @@ class StreamSource(ByteSource):
                                  f"{self.cells} cells")
         self._leaves = LruCache(self.LEAVES_CACHED)
         self._located = LruCache(self.LEAVES_CACHED)
+        self._indexed = LruCache(self.LEAVES_CACHED)
         self._making = threading.RLock()  # one thread at a time decodes or locates a leaf
 
     def _once(self, cache: LruCache, i: int, make: Callable[[], Any]) -> Any:
@@ -376,17 +377,22 @@ class StreamSource(ByteSource):
         records."""
         return self._once(self._leaves, i, lambda: self._decode_leaf(i))
 
-    def _decode_leaf(self, i: int, raw: bytes | None = None):
-        """`leaf` ``i`` from its stored bytes (``raw``, else loaded now)."""
+    def indexed_leaf(self, i: int) -> Leaf:
+        """Leaf ``i`` indexed for copying its records as they are (a hinted backup builds
+        each partly changed leaf from its previous one)."""
+        return self._once(self._indexed, i, lambda: self._load_leaf(i))
+
+    def _load_leaf(self, i: int, raw: bytes | None = None) -> Leaf:
         if raw is None:
             raw = self.repo.load_blob(bytes.fromhex(self.stream.leaves[i]), cache=False)
-        starts, records, cell = [], [], i * LEAF_CELLS
-        for kind, count, chunk_id in decode_leaf(raw, leaf_cells(i, self.cells),
-                                                 f"{self.name}: manifest leaf {i}"):
-            starts.append(cell)
-            records.append((cell, count, kind, chunk_id))
-            cell += count
-        return starts, records
+        return Leaf(raw, leaf_cells(i, self.cells), f"{self.name}: manifest leaf {i}")
+
+    def _decode_leaf(self, i: int, raw: bytes | None = None):
+        """`leaf` ``i`` from its stored bytes (``raw``, else loaded now)."""
+        leaf, base = self._load_leaf(i, raw), i * LEAF_CELLS
+        starts = [base + s for s in leaf.starts[:-1]]
+        return starts, [(s, count, kind, chunk_id)
+                        for s, (kind, count, chunk_id) in zip(starts, leaf.records())]
 
     def located(self, i: int) -> dict[bytes, tuple[str, PackEntry]]:
         """Where the index says each chunk of leaf ``i`` is: one query for the leaf when a
@@ -427,9 +433,11 @@ class StreamSource(ByteSource):
                    for x in self.stream.leaves[first:first + self.LEAVES_AT_ONCE]]
             raws = self.repo.load_blobs(ids)
             for i, leaf_id in enumerate(ids, first):
-                total += sum(min((cell + count) * self.cell, self.size) - cell * self.cell
-                             for cell, count, kind, _ in self._decode_leaf(i, raws[leaf_id])[1]
-                             if kind is Alloc.DATA)
+                leaf = self._load_leaf(i, raws[leaf_id])
+                total += leaf.data_before[-1] * self.cell
+        cut = self.cells * self.cell - self.size  # bytes the last cell lacks
+        if cut and leaf.is_data(leaf.starts[-1] - 1):
+            total -= cut
         return total
 
     def chunks(self, offset: int = 0, length: int | None = None
