@@ -2,9 +2,12 @@
 
 `vmsift --help` and `vmsift ds ls` of the 100-entry `directory` of the ESXi-made VMFS5 image
 of the dissect.vmfs sdist (tests/fixtures/vmfs_images.py), against `python -c pass` (the
-floor of any Python command) and `debugvmfs IMG ls /directory`. Whole processes, with
-hyperfine when it is on PATH (``-N``, 3 warm-ups, 30 runs, the fastest: this machine is shared), else best of 30. With
-``--baseline DIR`` (a checkout of an older vmsift) its commands are measured in the same run.
+floor of any Python command) and `debugvmfs IMG ls /directory`. vmsift runs as a user has
+it: installed from the tree (not editable) into a venv of its own that takes its
+dependencies from this one (`installed`). Whole processes, with hyperfine when it is on
+PATH (``-N``, 3 warm-ups, 30 runs, the fastest: this machine is shared), else best of 30.
+With ``--baseline DIR`` (a checkout of an older vmsift) its commands are measured in the
+same run.
 Then ``python -X importtime`` of `ds ls`: the modules that cost the most, cumulative.
 
     .venv/bin/python bench/bench_startup.py [--cache DIR] [--baseline DIR]
@@ -18,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -46,6 +50,23 @@ def seconds(cmd: list[str], env: dict[str, str]) -> float:
     return best
 
 
+def installed(tree: Path, workdir: Path) -> str:
+    """A Python that runs ``tree`` as a user's installed vmsift: a venv of its own with
+    vmsift installed from the tree (not editable: the editable install's import hook costs
+    every process of the dev venv some 15 ms of site start-up) and this venv's packages for
+    its dependencies. Returns its interpreter."""
+    venv = workdir / tree.name
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = str(venv / "bin" / "python")
+    site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    deps = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    Path(site, "deps.pth").write_text("".join(f"{d}\n" for d in sorted(deps)))
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                    site, str(tree)], check=True)
+    return py
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "vmsift-tests")
@@ -53,28 +74,34 @@ def main() -> None:
     args = ap.parse_args()
     image = str(vmfs_images.image("vmfs/vmfs5", args.cache))
     trees = {"vmsift": ROOT, **({"baseline": args.baseline} if args.baseline else {})}
-    for tree in trees.values():  # an installed vmsift has its bytecode compiled
-        subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "vmsift")],
-                       check=True)
-    py = [sys.executable]
     env = dict(os.environ)
-    listed = subprocess.run([*py, "-m", "vmsift", "ds", "ls", image, "directory"], check=True,
-                            capture_output=True, text=True, cwd=ROOT).stdout.splitlines()
-    assert len(listed) == 100, len(listed)
-    rows = [("python -c pass", seconds([*py, "-c", "pass"], env)),
-            ("debugvmfs ls /directory", seconds(["debugvmfs", image, "ls", "/directory"], env))]
-    for name, tree in trees.items():
-        tree_env = {**env, "PYTHONPATH": f"{tree}{os.pathsep}{env.get('PYTHONPATH', '')}"}
-        rows.append((f"{name} --help", seconds([*py, "-m", "vmsift", "--help"], tree_env)))
-        rows.append((f"{name} ds ls (100 names)",
-                     seconds([*py, "-m", "vmsift", "ds", "ls", image, "directory"], tree_env)))
+    work = Path(tempfile.mkdtemp(prefix="vmsift-startup-"))
+    try:
+        pythons = {name: installed(tree, work / name) for name, tree in trees.items()}
+        py = [pythons["vmsift"]]
+        listed = subprocess.run([*py, "-m", "vmsift", "ds", "ls", image, "directory"],
+                                check=True, capture_output=True, text=True,
+                                cwd=work).stdout.splitlines()
+        assert len(listed) == 100, len(listed)
+        rows = [("python -c pass (the dev venv: editable install)",
+                 seconds([sys.executable, "-c", "pass"], env)),
+                ("python -c pass (installed)", seconds([*py, "-c", "pass"], env)),
+                ("debugvmfs ls /directory", seconds(["debugvmfs", image, "ls", "/directory"],
+                                                    env))]
+        for name, python in pythons.items():
+            rows.append((f"{name} --help", seconds([python, "-m", "vmsift", "--help"], env)))
+            rows.append((f"{name} ds ls (100 names)",
+                         seconds([python, "-m", "vmsift", "ds", "ls", image, "directory"],
+                                 env)))
+        trace = subprocess.run([*py, "-X", "importtime", "-m", "vmsift", "ds", "ls", image,
+                                "directory"], check=True, capture_output=True, text=True,
+                               cwd=work).stderr
+    finally:
+        shutil.rmtree(work)
     print("| command | ms |")
     print("|---|---:|")
     for name, s in rows:
         print(f"| {name} | {s * 1000:.1f} |")
-    trace = subprocess.run([*py, "-X", "importtime", "-m", "vmsift", "ds", "ls", image,
-                            "directory"], check=True, capture_output=True, text=True,
-                           cwd=ROOT).stderr
     top = []
     for line in trace.splitlines():
         if line.startswith("import time:") and "|" in line:

@@ -303,8 +303,8 @@ def test_no_lock_held_on_the_esxi_images(vol):
     assert not [w for w in info.warnings if "lock of" in w]
 
 
-def test_fd_struct_reading_matches_construct(vol):
-    """The struct reading of locks and file metadata (fast path) equals the construct layouts,
+def test_fd_struct_reading_matches_the_layouts(vol):
+    """The struct reading of locks and file metadata (fast path) equals the declared layouts,
     on every file descriptor of the image."""
     lay = vol.fs.layout
     fds = [vol.fs.root] + [vol.fs.fd(e.inode) for _, entries in vol.walk()

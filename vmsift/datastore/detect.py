@@ -22,7 +22,7 @@ VOLUME_MODULES: tuple[str, ...] = ("vmsift.datastore.vmfs", "vmsift.datastore.oc
 
 def candidates(src: ByteSource) -> list[ByteSource]:
     """The places a volume may start on ``src``: its partitions, then the whole image."""
-    from ..formats import partition  # construct layouts: loaded for images only
+    from ..formats import partition  # binary layouts: loaded for images only
 
     out: list[ByteSource] = []
     with contextlib.suppress(VmsiftError):

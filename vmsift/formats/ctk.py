@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from construct import Bytes, Int32ul, Int64ul, Struct
+from .layout import Bytes, Int32ul, Int64ul, Struct
 
 from ..errors import FormatError, LimitError, TruncatedError
 from ..report import Report, Table, human_size
@@ -58,7 +58,6 @@ CtkHeaderStruct = Struct(
 )
 HEADER_FIELDS_SIZE = CtkHeaderStruct.sizeof()
 assert HEADER_FIELDS_SIZE == 60
-_HEADER = CtkHeaderStruct.compile()
 
 #: How much each decoded field is worth: ``documented`` (libvmdk notes give offset and value),
 #: ``observed`` (a value seen, meaning unknown), ``inferred`` (follows from public file sizes),
@@ -148,7 +147,7 @@ def read(src: ByteSource, strict: bool = True) -> Ctk:
     warnings and ``layout_consistent`` / ``entries_present`` say what can be trusted.
     """
     raw = src.read_exact(0, HEADER_FIELDS_SIZE, "CTK header")
-    h = _HEADER.parse(raw)
+    h = CtkHeaderStruct.parse(raw)
     if h.magic != MAGIC:
         raise FormatError(f"bad CTK signature {h.magic.hex()} (expected {MAGIC.hex()})",
                           source=src.name, offset=0)

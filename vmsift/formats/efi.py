@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from construct import Bytes, Int8ul, Int16sl, Int16ul, Int32ul, Struct
+from .layout import Bytes, Int8ul, Int16sl, Int16ul, Int32ul, Struct
 
 from ..errors import FormatError
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from construct import Bytes, Const, Int8ul, Int16ul, Int32ul, Struct
+from .layout import Bytes, Const, Int8ul, Int16ul, Int32ul, Struct
 
 from ..errors import FormatError, LimitError, TruncatedError
 from ..report import Report, Table

@@ -9,13 +9,12 @@ named in ``warnings``; see ``docs/formats/partition.md`` for the layouts.
 from __future__ import annotations
 
 import enum
-import functools
 import uuid
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from construct import Array, Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Struct
+from .layout import Array, Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Struct
 
 from ..errors import FormatError, LimitError
 from ..report import Report, Table, human_size
@@ -77,14 +76,6 @@ GptEntry = Struct(
     "name" / Bytes(72),              # UTF-16LE, NUL padded
 )
 GPT_ENTRY_SIZE = GptEntry.sizeof()  # 128
-
-
-@functools.cache
-def _compiled(layout: Struct):
-    """``layout`` compiled, on first use: only GPT entries (up to 128 per table and more) are
-    parsed often enough to pay back the 1-2 ms a compile takes; compiling all three at
-    import was 9 ms of every command's start-up."""
-    return layout.compile()
 
 
 # --- names -------------------------------------------------------------------------------
@@ -599,7 +590,7 @@ def _gpt_partitions(table: PartitionTable, entries: bytes, h: GptHeaderInfo, ss:
         pos = i * h.entry_size
         if entries[pos:pos + 16] == zero:
             continue
-        e = _compiled(GptEntry).parse(entries[pos:pos + GPT_ENTRY_SIZE])
+        e = GptEntry.parse(entries[pos:pos + GPT_ENTRY_SIZE])
         index = i + 1
         sectors = e.last_lba - e.first_lba + 1 if e.last_lba >= e.first_lba else 0
         type_guid = guid_str(e.type_guid)

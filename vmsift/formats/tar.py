@@ -13,7 +13,7 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass, field
 
-from construct import Bytes, Struct
+from .layout import Bytes, Struct
 
 from ..errors import FormatError, LimitError, Problem, TruncatedError
 from ..source import ByteSource, SliceSource

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from construct import Bytes, Int16ul, Int32ul, Int64ul, Struct
+from .layout import Bytes, Int16ul, Int32ul, Int64ul, Struct
 
 from ..errors import (FormatError, LimitError, TruncatedError, UnsupportedError, VmsiftError,
                       check_limit)
@@ -60,12 +60,6 @@ BlockHead32 = Struct("nbytes" / Int32ul, "mem_bytes" / Int32ul, "pad" / Int16ul)
 HEADER_SIZE = FileHeader.sizeof()
 GROUP_SIZE = GroupEntry.sizeof()
 assert (HEADER_SIZE, GROUP_SIZE) == (12, 80)
-
-_HEADER = FileHeader.compile()
-_GROUP = GroupEntry.compile()
-_TAGWORD = TagWord.compile()
-_BLOCK64 = BlockHead64.compile()
-_BLOCK32 = BlockHead32.compile()
 
 VALSIZE_BLOCK = 63
 VALSIZE_COMPRESSED = 62
@@ -216,13 +210,13 @@ def _read_tags(src: ByteSource, group: Group, wide: bool, table_end: int, budget
                              f"past the end of the file ({src.size:#x})", source=name,
                              offset=HEADER_SIZE + group.index * GROUP_SIZE + 64)
     end = group.tags_offset + group.size if group.size else None
-    block_head = _BLOCK32 if not wide else _BLOCK64
+    block_head = BlockHead32 if not wide else BlockHead64
     block_head_size = 10 if not wide else 18
     cur = _Cursor(src, group.tags_offset)
     limit = min(MAX_TAGS_PER_GROUP, budget)
     while True:
         at = cur.pos
-        word = _TAGWORD.parse(cur.take(2, "tag")).flags
+        word = TagWord.parse(cur.take(2, "tag")).flags
         if word == 0:
             return
         if end is not None and at >= end:
@@ -259,7 +253,7 @@ def read(src: ByteSource, strict: bool = True) -> Checkpoint:
     ``Group.error``, the tags read before it are kept, and a warning names it.
     """
     head = src.read_exact(0, HEADER_SIZE, "checkpoint header")
-    h = _HEADER.parse(head)
+    h = FileHeader.parse(head)
     if h.magic not in Magic._value2member_map_:
         raise FormatError(f"bad magic {h.magic:#010x}, not a VMware checkpoint file",
                           source=src.name, offset=0)
@@ -272,7 +266,7 @@ def read(src: ByteSource, strict: bool = True) -> Checkpoint:
     table = src.read_exact(HEADER_SIZE, table_end - HEADER_SIZE, "group table")
     cp = Checkpoint(src.name, h.magic, h.version, [])
     for i in range(h.group_count):
-        g = _GROUP.parse(table[i * GROUP_SIZE:(i + 1) * GROUP_SIZE])
+        g = GroupEntry.parse(table[i * GROUP_SIZE:(i + 1) * GROUP_SIZE])
         gname = g.name.split(b"\0", 1)[0].decode("ascii", "backslashreplace")
         cp.groups.append(Group(i, gname, g.tags_offset, g.size))
     total = 0

@@ -1,4 +1,4 @@
-"""OCFS2 on-disk layouts (little-endian), as construct Structs.
+"""OCFS2 on-disk layouts (little-endian), as `vmsift.formats.layout` Structs.
 
 Offsets follow the kernel's on-disk header (``fs/ocfs2/ocfs2_fs.h``) and ocfs2-tools'
 ``ocfs2_heartbeat.h``, described in docs/formats/ocfs2.md. Every metadata block starts with an
@@ -7,7 +7,7 @@ Offsets follow the kernel's on-disk header (``fs/ocfs2/ocfs2_fs.h``) and ocfs2-t
 
 from __future__ import annotations
 
-from construct import Array, Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Padding, Struct
+from ..layout import Array, Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Padding, Struct
 
 SUPERBLOCK_SIGNATURE = b"OCFSV2\0\0"
 INODE_SIGNATURE = b"INODE01\0"
@@ -267,7 +267,3 @@ HeartbeatBlock = Struct(
     "dead_ms" / Int32ul,
 )
 HEARTBEAT_CHECKSUM_AT = 0xC
-
-# Compiled forms for the loops over many records (same layouts, faster parsing).
-DirEntryHeaderC = DirEntryHeader.compile()
-ExtentRecC = ExtentRec.compile()

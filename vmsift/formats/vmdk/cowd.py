@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from construct import Bytes, Const, Int32ul, Struct
+from ..layout import Bytes, Const, Int32ul, Struct
 
 from ...cache import LruCache
 from ...errors import FormatError, TruncatedError, VmsiftError, check_limit

@@ -24,7 +24,7 @@ import array
 from dataclasses import dataclass
 from typing import Any
 
-from construct import Array, Bytes, Int64ul, Struct
+from ..layout import Array, Bytes, Int64ul, Struct
 
 from ...errors import FormatError, TruncatedError, UnsupportedError, VmsiftError, check_limit
 from ...report import Report, Table

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from construct import Bytes, Const, Int8ul, Int16ul, Int32ul, Int64ul, Struct
+from ..layout import Bytes, Const, Int8ul, Int16ul, Int32ul, Int64ul, Struct
 
 from ...cache import LruCache
 from ...errors import FormatError, Problem, TruncatedError, check_limit

@@ -1,6 +1,6 @@
 """VMFS 3/5/6 (and VMFS-L) on-disk structures.
 
-The layout lives here (construct Structs and small pure decoders); assembling devices into a
+The layout lives here (`vmsift.formats.layout` Structs and small pure decoders); assembling devices into a
 logical volume, reading files and directories is in `vmsift.datastore.vmfs`.
 
 * `lvm`: the LVM device header at 1 MiB of each device (partition), its volume table and

@@ -10,7 +10,7 @@ import struct
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from construct import Array, Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Padding, Struct
+from ..layout import Array, Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Padding, Struct
 
 from .lvm import ScsiDiskId, cstr, format_uuid
 
@@ -194,8 +194,8 @@ assert FileMetadata.sizeof() == 0x90
 
 
 # `DiskLock` and `FileMetadata` again as `struct` layouts: every file descriptor is decoded
-# with them (one per name in `ls -l` and in the lock scan of `ds info`), and construct is
-# about ten times slower there. tests/test_vmfs.py checks both readings agree.
+# with them (one per name in `ls -l` and in the lock scan of `ds info`): tuples with the
+# holders cut to `num_holders`, no dicts. tests/test_vmfs.py checks both readings agree.
 class Holder(NamedTuple):
     hb_addr: int
     hb_gen: int

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from construct import Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Padding, Struct
+from ..layout import Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Padding, Struct
 
 from ...errors import FormatError, LimitError, TruncatedError, VmsiftError
 from ...report import human_size

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from construct import Int16ul, Int32ul, Struct
+from ..layout import Int16ul, Int32ul, Struct
 
 from ...errors import FormatError
 
