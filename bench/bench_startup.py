@@ -76,6 +76,7 @@ def main() -> None:
     trees = {"vmsift": ROOT, **({"baseline": args.baseline} if args.baseline else {})}
     env = dict(os.environ)
     work = Path(tempfile.mkdtemp(prefix="vmsift-startup-"))
+    os.chdir(work)  # `python -m` looks in the working directory first: not in a checkout
     try:
         pythons = {name: installed(tree, work / name) for name, tree in trees.items()}
         py = [pythons["vmsift"]]
@@ -97,6 +98,7 @@ def main() -> None:
                                 "directory"], check=True, capture_output=True, text=True,
                                cwd=work).stderr
     finally:
+        os.chdir(ROOT)
         shutil.rmtree(work)
     print("| command | ms |")
     print("|---|---:|")
