@@ -16,7 +16,9 @@ Work is bounded: at most a few MiB are read per source, spread over its runs.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 import random
 import subprocess
 
@@ -95,6 +97,8 @@ def check_source(src, expected: bytes | None = None, *, seed: int = 0,
         check_map(sub, offset, end)
         assert sub == cut(runs, offset, end), (offset, length)
     assert src.stored_bytes() == sum(r.length for r in runs if r.kind is Alloc.DATA)
+    for offset, length in ranges + [(size, 10), (0, 0), (0, size)]:
+        assert src.prefetch(offset, length) is None  # a hint: never fails, returns nothing
     if not readable:
         return runs
     # short reads only at the end
@@ -240,6 +244,40 @@ def test_virtual_disk_contract(qemu_disks):
     chain = qemu_disks["chain"]
     with open_disk(FolderVolume(chain.parent), chain.name) as disk:
         assert check_source(disk) == [Run(0, 64 * MiB, Alloc.HOLE)]
+
+
+def test_prefetch_reaches_the_file_that_holds_the_bytes(tmp_path, monkeypatch):
+    """A hint for a range of a delta disk over a flat base goes to the file the bytes live
+    in, at their place there: the delta's grain where the delta has it, the base's extent
+    where it falls through (what a hinted backup asks before reading its scattered cells)."""
+    from vmsift.datastore.disk import open_disk
+    from vmsift.datastore.folder import FolderVolume
+
+    for tool in ("qemu-img", "qemu-io"):
+        require_tool(tool)
+    run = functools.partial(subprocess.run, check=True, capture_output=True)
+    run(["qemu-img", "create", "-f", "vmdk", "-o", "subformat=monolithicFlat",
+         str(tmp_path / "base.vmdk"), "16M"])
+    run(["qemu-img", "create", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk",
+         str(tmp_path / "delta.vmdk")])
+    run(["qemu-io", "-c", "write -P 0x5a 1M 64k", str(tmp_path / "delta.vmdk")])
+    calls = []
+
+    def advise(fd, offset, length, advice):
+        calls.append((os.path.basename(os.readlink(f"/proc/self/fd/{fd}")), offset, length,
+                      advice))
+
+    with open_disk(FolderVolume(tmp_path), "delta.vmdk") as disk:
+        monkeypatch.setattr(os, "posix_fadvise", advise)
+        disk.prefetch(MiB, 64 * 1024)
+        disk.prefetch(3 * MiB + 512, 4096)
+        monkeypatch.undo()
+        (name, offset, length, advice), flat = calls
+        assert (name, length, advice) == ("delta.vmdk", 64 * 1024, os.POSIX_FADV_WILLNEED)
+        with open(tmp_path / "delta.vmdk", "rb") as f:  # the grain's place in the delta file
+            f.seek(offset)
+            assert f.read(64 * 1024) == b"\x5a" * 64 * 1024 == disk.read(MiB, 64 * 1024)
+        assert flat == ("base-flat.vmdk", 3 * MiB + 512, 4096, os.POSIX_FADV_WILLNEED)
 
 
 def test_errors_of_sources(host_file):

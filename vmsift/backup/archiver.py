@@ -163,6 +163,10 @@ def _read_and_hash(repo: Repository, src: ByteSource, blocks: list[tuple[int, in
     """Each block of ``src`` and the id of each of its cells (a pool job: several reads are
     in flight at once, so scattered reads overlap each other and the hashing; long ones go
     past the page cache)."""
+    if len(blocks) > 1:  # scattered cells: the disk gets them all in its queue at once
+        for pos, n in blocks:
+            if n < direct_io.MIN_LENGTH:  # longer ones are read past the page cache
+                src.prefetch(pos, n)
     out = []
     for pos, n in blocks:
         with direct_io.streaming():

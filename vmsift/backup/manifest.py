@@ -90,7 +90,6 @@ class Leaf:
 
     def __init__(self, raw: bytes, cells: int, what: str):
         self.raw = raw
-        self.what = what
         self.starts: Sequence[int]
         self.offsets: Sequence[int]
         self.data_before: Sequence[int]

@@ -107,6 +107,9 @@ class VirtualDisk(ByteSource):
     def read(self, offset: int, length: int) -> bytes:
         return self._flat.read(offset, length)
 
+    def prefetch(self, offset: int, length: int) -> None:
+        self._flat.prefetch(offset, length)
+
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Run]:
         return self._flat.extents(offset, length)
 

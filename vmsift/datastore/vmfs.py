@@ -643,6 +643,12 @@ class VmfsFile(ByteSource):
     def read(self, offset: int, length: int) -> bytes:
         return self.vmfs._read_file(self.fd, offset, length)
 
+    def prefetch(self, offset: int, length: int) -> None:
+        start, end = clip(self.size, offset, length)
+        for _, n, kind, lv in self.vmfs._runs(self.fd, start, end):
+            if kind is Alloc.DATA and lv is not None:
+                self.vmfs.lv.prefetch(lv, n)
+
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Run]:
         start, end = clip(self.size, offset, length)
         return merge_runs(Run(o, n, k) for o, n, k, _ in self.vmfs._runs(self.fd, start, end))

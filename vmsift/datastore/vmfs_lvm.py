@@ -68,6 +68,11 @@ class LogicalVolume(ByteSource):
             out.append(piece.source.read_exact(at, n, "logical volume extent"))
         return b"".join(out)
 
+    def prefetch(self, offset: int, length: int) -> None:
+        for pos, n, piece in self._cover(*clip(self.size, offset, length)):
+            if piece.source is not None:
+                piece.source.prefetch(piece.physical + pos - piece.logical, n)
+
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Run]:
         start, end = clip(self.size, offset, length)
 
