@@ -98,7 +98,7 @@ def check_source(src, expected: bytes | None = None, *, seed: int = 0,
         assert sub == cut(runs, offset, end), (offset, length)
     assert src.stored_bytes() == sum(r.length for r in runs if r.kind is Alloc.DATA)
     for offset, length in ranges + [(size, 10), (0, 0), (0, size)]:
-        assert src.prefetch(offset, length) is None  # a hint: never fails, returns nothing
+        assert src.prefetch(offset, length) is None  # a hint: returns nothing, changes no read
     if not readable:
         return runs
     # short reads only at the end

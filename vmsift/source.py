@@ -5,7 +5,7 @@ A source has a ``size``, ``read(offset, length)`` (short only at the end) and
 to read as zeros) and HOLE (unallocated: reads as zeros, or falls through to a parent disk).
 Layers pass the map through instead of reading zeros. ``prefetch(offset, length)`` is a
 hint that a range will be read soon (`FileSource`: ``POSIX_FADV_WILLNEED``), passed down the
-same way; it never fails and changes no read.
+same way; it changes no read.
 
 Inside ``direct_io.streaming()`` (the backup's readers), a `FileSource` reads 1 MiB or more
 at once past the page cache (`vmsift.direct_io`): such reads stream a whole disk, would only
@@ -88,8 +88,9 @@ class ByteSource:
         """Say that ``[offset, offset+length)`` will be read soon, so that the storage below
         may start fetching it (a change hint's scattered cells are read one after another
         by each job: told first, the disk has them all in its queue at once). Only a hint:
-        it changes no read and raises nothing. Layers pass it down where their map allows;
-        here it does nothing."""
+        it changes no read; the storage's own errors are ignored, and the only ones it
+        raises are those a map lookup on the way meets (damaged metadata, as `extents`
+        would). Layers pass it down where their map allows; here it does nothing."""
 
     def stored_bytes(self) -> int:
         """Bytes this source holds as DATA, from its allocation map alone."""

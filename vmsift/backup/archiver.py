@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import datetime as dt
 import fnmatch
 import functools
@@ -164,9 +165,10 @@ def _read_and_hash(repo: Repository, src: ByteSource, blocks: list[tuple[int, in
     in flight at once, so scattered reads overlap each other and the hashing; long ones go
     past the page cache)."""
     if len(blocks) > 1:  # scattered cells: the disk gets them all in its queue at once
-        for pos, n in blocks:
-            if n < direct_io.MIN_LENGTH:  # longer ones are read past the page cache
-                src.prefetch(pos, n)
+        with contextlib.suppress(VmsiftError):  # damage: for the reads to report (or salvage)
+            for pos, n in blocks:
+                if n < direct_io.MIN_LENGTH:  # longer ones are read past the page cache
+                    src.prefetch(pos, n)
     out = []
     for pos, n in blocks:
         with direct_io.streaming():
