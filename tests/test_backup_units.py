@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 
@@ -12,7 +13,7 @@ from vmsift.backup.crypto import Keys, open_keys, seal_keys
 from vmsift.backup.manifest import Leaf, LeafBuilder, decode_leaf
 from vmsift.backup.pack import PackWriter, read_header
 from vmsift.errors import IntegrityError
-from vmsift.source import Alloc, ByteSource, Run
+from vmsift.source import Alloc, ByteSource, BytesSource, Run
 
 RANK = {Alloc.HOLE: 0, Alloc.ZERO: 1, Alloc.DATA: 2}
 
@@ -215,3 +216,68 @@ def test_a_failed_stream_leaves_nothing_pending(tmp_path, monkeypatch):
     with repo.open_stream(stream, "b") as stored:
         assert stored.read(0, stored.size) == data
     repo.close()
+
+
+def _index_objects(repo) -> list[dict]:
+    from vmsift.backup import index as index_mod
+
+    return [index_mod.decode(repo.keys, repo.backend.get("index", name), name)
+            for name, _ in repo.backend.list("index")]
+
+
+@pytest.fixture
+def small_packs(tmp_path, monkeypatch):
+    """A repository of 4 KiB cells whose packs are cut at 64 KiB and indexed every 3: a
+    2 MiB stream makes dozens of packs and index objects."""
+    from vmsift.backup import archiver
+    from vmsift.backup import pack as pack_mod
+    from vmsift.backup.repository import Repository
+
+    monkeypatch.setenv("VMSIFT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(pack_mod, "TARGET_SIZE", 64 << 10)
+    monkeypatch.setattr(archiver, "INDEX_EVERY", 3)
+    return Repository.init(str(tmp_path / "repo"), encryption="none", cell_size=4096)
+
+
+def test_index_objects_written_beside_the_stream_name_every_pack_once(small_packs):
+    from vmsift.backup.archiver import BlobWriter, store_stream
+    from vmsift.backup.checker import check
+
+    repo, data = small_packs, random.Random(5).randbytes(2 << 20)
+    writer = BlobWriter(repo)
+    stream, _ = store_stream(repo, writer, BytesSource(data))
+    writer.finish()
+    packs = {name for name, _ in repo.backend.list("data")}
+    named = [name for doc in _index_objects(repo) for name in doc]
+    assert len(packs) >= 30 and len(_index_objects(repo)) >= 10
+    assert sorted(named) == sorted(packs)  # each pack in exactly one index object
+    assert writer.packs_written == len(packs) and not writer.pending
+    assert repo.open_stream(stream, "d").read(0, len(data)) == data
+    assert not check(repo, read_data=True).problems
+
+
+def test_a_pack_that_cannot_be_stored_stops_the_backup_and_no_index_names_it(small_packs,
+                                                                             monkeypatch):
+    from vmsift.backup.archiver import BlobWriter, store_stream
+    from vmsift.errors import RepositoryError
+
+    repo, data = small_packs, random.Random(6).randbytes(2 << 20)
+    put, stored, attempts = repo.backend.put, [], itertools.count()
+
+    def failing_put(kind, name, blob):  # two writer threads: the 13th attempt fails
+        if kind == "data" and next(attempts) == 12:
+            raise RepositoryError("the disk is full (injected)")
+        put(kind, name, blob)
+        stored.append(name) if kind == "data" else None
+
+    monkeypatch.setattr(repo.backend, "put", failing_put)
+    writer = BlobWriter(repo)
+    with pytest.raises(RepositoryError, match="injected"):
+        try:
+            store_stream(repo, writer, BytesSource(data))
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+    named = {name for doc in _index_objects(repo) for name in doc}
+    assert named and named <= set(stored) == {name for name, _ in repo.backend.list("data")}
