@@ -9,7 +9,8 @@ The pipeline per stream: the map says which cells are DATA; those are read in bl
 `AHEAD` jobs at once (scattered reads of a change hint overlap), and taken back in stream
 order; a job reads one block, or a batch of smaller ones up to `BLOCK` in all (a change
 hint's scattered cells: a hand-off and an index query per cell would cost more than the
-cell's reading). Ids the index already has are reused; the others are sealed (zstd,
+cell's reading), which it first tells the source about (`ByteSource.prefetch`), so that
+the disk has them all in its queue at once. Ids the index already has are reused; the others are sealed (zstd,
 AES-GCM) in the pool, `SEAL_BATCH` bytes a job, and appended to packs, which are stored by
 writer threads. An index object is stored after
 every `repository.INDEX_EVERY` packs and at the end, and only then the snapshot: a killed
