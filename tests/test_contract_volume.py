@@ -35,7 +35,7 @@ from vmsift.datastore.folder import FolderVolume
 from vmsift.datastore.volume import FileType
 from vmsift.errors import ErrorKind, SourceError, UnsupportedError, VmsiftError
 from vmsift.formats.vmdk import sparse
-from vmsift.source import FileSource
+from vmsift.source import Alloc, FileSource
 
 MiB = 1 << 20
 PER_FOLDER = 40       # entries of each folder checked one by one
@@ -216,6 +216,36 @@ def _biggest_files(volume, count: int = 3) -> list[str]:
              if e.type is FileType.FILE]
     found = [f for f in found if f[0] <= 256 * MiB]
     return [path for _, path in sorted(found)[-count:]]
+
+
+def test_prefetch_reaches_the_bytes_of_the_file(named, monkeypatch):
+    """A file's prefetch hint lands where its bytes are: read at the advised places of the
+    host files, in order, they hold each DATA run of the file (VMFS through its LVM to the
+    device, OCFS2 through its extent tree to the image; a host file may be advised across
+    its own holes too)."""
+    _, volume = named
+    path = _biggest_files(volume, 1)[0]
+    calls = []
+
+    def advise(fd, offset, length, advice):
+        calls.append((os.readlink(f"/proc/self/fd/{fd}"), offset, length))
+
+    with volume.open(path) as src:
+        start = next(r.offset for r in src.extents() if r.kind is Alloc.DATA)
+        pieces = [src.read(r.offset, r.length) for r in src.extents(start, 2 * MiB)
+                  if r.kind is Alloc.DATA]
+        monkeypatch.setattr(os, "posix_fadvise", advise)
+        src.prefetch(start, 2 * MiB)
+        monkeypatch.undo()
+    advised = b""
+    for host, offset, length in calls:
+        with open(host, "rb") as f:
+            advised += os.pread(f.fileno(), length, offset)
+    pos = 0
+    for piece in pieces:
+        pos = advised.find(piece, pos)
+        assert pos >= 0, (path, calls[:4])
+        pos += len(piece)
 
 
 def _shrunk(volume):

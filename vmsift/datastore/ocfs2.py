@@ -147,6 +147,11 @@ class Ocfs2File(ByteSource):
         start, end = clip(self.size, offset, length)
         return self._runs(start, end)
 
+    def prefetch(self, offset: int, length: int) -> None:
+        for _, n, kind, phys in self._runs(*clip(self.size, offset, length)):
+            if kind is Alloc.DATA and phys is not None:
+                self.volume.src.prefetch(phys, n)
+
     def read(self, offset: int, length: int) -> bytes:
         start, end = clip(self.size, offset, length)
         if self._inline is not None:
