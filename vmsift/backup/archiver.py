@@ -10,9 +10,9 @@ The pipeline per stream: the map says which cells are DATA; those are read in bl
 order; a job reads one block, or a batch of smaller ones up to `BLOCK` in all (a change
 hint's scattered cells: a hand-off and an index query per cell would cost more than the
 cell's reading), which it first tells the source about (`ByteSource.prefetch`), so that
-the disk has them all in its queue at once. Ids the index already has are reused; the others are sealed (zstd,
-AES-GCM) in the pool, `SEAL_BATCH` bytes a job, and appended to packs, which are stored by
-writer threads. An index object is stored after
+the disk has them all in its queue at once. Ids the index already has are reused; the
+others are sealed (zstd, AES-GCM) in the pool, `SEAL_BATCH` bytes a job, and appended to
+packs, which are stored by writer threads. An index object is stored after
 every `repository.INDEX_EVERY` packs and at the end, and only then the snapshot: a killed
 backup leaves packs no snapshot names, which `check` reports as unused and nothing else.
 """

@@ -387,9 +387,9 @@ class StreamSource(ByteSource):
             raw = self.repo.load_blob(bytes.fromhex(self.stream.leaves[i]), cache=False)
         return Leaf(raw, leaf_cells(i, self.cells), f"{self.name}: manifest leaf {i}")
 
-    def _decode_leaf(self, i: int, raw: bytes | None = None):
-        """`leaf` ``i`` from its stored bytes (``raw``, else loaded now)."""
-        leaf, base = self._load_leaf(i, raw), i * LEAF_CELLS
+    def _decode_leaf(self, i: int):
+        """`leaf` ``i``, from its index (loaded once for both forms)."""
+        leaf, base = self.indexed_leaf(i), i * LEAF_CELLS
         starts = [base + s for s in leaf.starts[:-1]]
         return starts, [(s, count, kind, chunk_id)
                         for s, (kind, count, chunk_id) in zip(starts, leaf.records())]
