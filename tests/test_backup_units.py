@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import os
 import random
+import threading
+import time
 
 import pytest
 
-from vmsift.backup.chunker import segments
+from vmsift.backup.ahead import Ahead
+from vmsift.backup.chunker import MapWindow, segments
 from vmsift.backup.crypto import Keys, open_keys, seal_keys
 from vmsift.backup.manifest import Leaf, LeafBuilder, decode_leaf
 from vmsift.backup.pack import PackWriter, read_header
 from vmsift.errors import IntegrityError
-from vmsift.source import Alloc, ByteSource, BytesSource, Run
+from vmsift.source import Alloc, ByteSource, BytesSource, Run, clip
 
 RANK = {Alloc.HOLE: 0, Alloc.ZERO: 1, Alloc.DATA: 2}
 
@@ -47,6 +51,98 @@ def test_cells_take_the_strongest_kind_they_touch():
             pos, last = pos + n, kind
         got = [s.kind for s in segments(MapOnly(runs), cell) for _ in range(s.count)]
         assert got == expected_cells(runs, cell), (runs, cell)
+
+
+
+class RunsSource(MapOnly):
+    """A map of runs, asked for any range of it (as every source's `extents`)."""
+
+    def extents(self, offset=0, length=None):
+        self.asked += 1
+        start, end = clip(self.size, offset, length)
+        for r in self.runs:
+            lo, hi = max(r.offset, start), min(r.end, end)
+            if hi > lo:
+                yield Run(lo, hi - lo, r.kind)
+
+    asked = 0
+
+
+def test_a_map_window_gives_each_span_the_cells_segments_gives():
+    """Spans asked in order of a map window get the kinds `segments` gives those cells,
+    whatever the spans' lengths and the window's size; the map is asked once a window."""
+    rng = random.Random(11)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        for _ in range(400):
+            cell, pos, runs, last = rng.choice([1, 2, 4]), 0, [], None
+            for _ in range(rng.randint(1, 30)):
+                kind = rng.choice([k for k in Alloc if k is not last])
+                runs.append(Run(pos, rng.randint(1, 12), kind))
+                pos, last = runs[-1].end, kind
+            src, window = RunsSource(runs), rng.randint(1, 9)
+            want = expected_cells(runs, cell)
+            maps = MapWindow(src, cell, window, pool)
+            first = 0
+            while (first := first + rng.randint(0, 6)) < len(want):
+                count = min(rng.randint(1, 2 * window), len(want) - first)
+                got = [s.kind for s in maps.segments(first, count) for _ in range(s.count)]
+                assert got == want[first:first + count], (runs, cell, window, first, count)
+                first += count
+            maps.close()
+            assert src.asked <= 2 * -(-len(want) // window)  # each window once; long spans
+
+
+def test_ahead_makes_values_in_the_pool_up_to_its_limit():
+    started, finished, release = [], [], threading.Event()
+
+    def make(key):
+        started.append((key, threading.current_thread() is threading.main_thread()))
+        if key == 3:
+            raise IntegrityError("leaf 3 is damaged")
+        release.wait(5)
+        finished.append(key)
+        return key * 10
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        ahead = Ahead(pool, make, limit=2)
+        for key in (1, 2, 3):  # the third is over the limit: not started
+            ahead.want(key)
+        release.set()
+        assert ahead.get(1) == 10 and ahead.get(2) == 20
+        with pytest.raises(IntegrityError, match="leaf 3"):
+            ahead.get(3)  # made here, on the caller's thread: its error raised here
+        assert (3, True) in started and (1, False) in started and (2, False) in started
+        release.clear()
+        ahead.want(4)
+        while (4, False) not in started:  # running in the pool
+            time.sleep(0.01)
+        threading.Timer(0.2, release.set).start()
+        ahead.close()  # waits for the job making 4
+        assert finished[-1] == 4 and not ahead._jobs
+
+
+def test_ids_indexed_after_a_job_asked_the_index_are_known(tmp_path, monkeypatch):
+    """A read job asks the index which of its cells the repository has; if an index object
+    is written before the backup's thread takes its answer (and ids leave `pending`), the
+    answer is stale and the index is asked again: a cell stored meanwhile is not new."""
+    from vmsift.backup.archiver import BlobWriter
+    from vmsift.backup.pack import BlobType
+    from vmsift.backup.repository import Repository
+
+    monkeypatch.setenv("VMSIFT_CACHE_DIR", str(tmp_path / "cache"))
+    repo = Repository.init(str(tmp_path / "repo"), encryption="none")
+    writer = BlobWriter(repo)
+    blob = b"cell" * 100
+    blob_id = repo.keys.blob_id(blob)
+    asked = (writer.indexings, repo.index.known([blob_id]))  # the job's answer: not there
+    writer.add(BlobType.DATA, blob_id, repo.keys.seal(blob, blob_id), len(blob))
+    assert writer.known([blob_id], asked) == {blob_id}  # pending
+    writer.flush_pack()
+    writer.flush_index()
+    assert not writer.pending and writer.indexings == 1
+    assert writer.known([blob_id], asked) == {blob_id}  # asked again: indexed now
+    writer.finish()
+    repo.close()
 
 
 def test_leaf_round_trip_and_damage():

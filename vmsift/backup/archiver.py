@@ -10,11 +10,14 @@ The pipeline per stream: the map says which cells are DATA; those are read in bl
 order; a job reads one block, or a batch of smaller ones up to `BLOCK` in all (a change
 hint's scattered cells: a hand-off and an index query per cell would cost more than the
 cell's reading), which it first tells the source about (`ByteSource.prefetch`), so that
-the disk has them all in its queue at once. Ids the index already has are reused; the
-others are sealed (zstd, AES-GCM) in the pool, `SEAL_BATCH` bytes a job, and appended to
-packs, which are stored by writer threads. An index object is stored after
-every `repository.INDEX_EVERY` packs and at the end, and only then the snapshot: a killed
-backup leaves packs no snapshot names, which `check` reports as unused and nothing else.
+the disk has them all in its queue at once, and then asks the index about. Ids the
+repository already has are reused; the others are sealed (zstd, AES-GCM) in the pool,
+`SEAL_BATCH` bytes a job, and appended to packs, which are stored by writer threads. The
+thread that drives all this makes few system calls of its own (see `ahead`): a change
+hint's map and the previous backup's leaves are made ahead on a planner thread. An index
+object is stored after every `repository.INDEX_EVERY` packs and at the end, and only then
+the snapshot: a killed backup leaves packs no snapshot names, which `check` reports as
+unused and nothing else.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from ..datastore.vm import VmDisk, read_disk
 from ..datastore.volume import Volume
 from ..errors import VmsiftError
 from ..source import Alloc, ByteSource
-from .chunker import cell_count, segments
+from .ahead import Ahead
+from .chunker import MapWindow, cell_count
 from .manifest import LEAF_CELLS, Leaf, LeafBuilder, leaf_cells
 from .pack import MAX_BLOBS, BlobType, PackEntry, PackWriter
 from .repository import INDEX_EVERY, Repository
@@ -56,6 +60,8 @@ SEAL_AHEAD = 32 << 20   # bytes of cells being sealed at once
 SEAL_BATCH = 1 << 20    # blocks whose new cells one pool job seals
 PUTTERS = 2             # packs stored at once (a local disk gains queue depth; S3 more)
 PUTS_AHEAD = 4          # packs (16 MiB each) waiting to be stored
+MAP_WINDOW = 1024       # cells of the map asked for at once for a change hint's spans
+LEAVES_AHEAD = 8        # the previous backup's leaves (up to ~100 KiB each) loaded ahead
 
 Progress = Callable[[int], None]
 
@@ -95,13 +101,20 @@ class BlobWriter:
         self.pending: set[bytes] = set()
         self._puts: collections.deque[concurrent.futures.Future] = collections.deque()
         self.packs_written = 0
+        self.indexings = 0  # index objects written: ids leave `pending` when one is
         self._uploader = concurrent.futures.ThreadPoolExecutor(PUTTERS, "vmsift-put")
 
     def has(self, blob_id: bytes) -> bool:
         return blob_id in self.pending or self.repo.index.lookup(blob_id) is not None
 
-    def known(self, ids: list[bytes]) -> set[bytes]:
-        return {i for i in ids if i in self.pending} | self.repo.index.known(ids)
+    def known(self, ids: list[bytes], indexed: tuple[int, set[bytes]] | None = None
+              ) -> set[bytes]:
+        """Which of ``ids`` the repository has or this writer holds. ``indexed``: what the
+        index said of them (`indexings` when it was asked, the ids it has), asked by a pool
+        job; asked again here if an index object was written since."""
+        if indexed is None or indexed[0] != self.indexings:
+            indexed = (self.indexings, self.repo.index.known(ids))
+        return {i for i in ids if i in self.pending} | indexed[1]
 
     def add(self, type_: int, blob_id: bytes, sealed: bytes, raw_length: int) -> None:
         self.pending.add(blob_id)
@@ -137,6 +150,7 @@ class BlobWriter:
             for entries in self.unindexed.values():  # now the index cache answers for them
                 self.pending.difference_update(e.id for e in entries)
             self.unindexed = {}
+            self.indexings += 1
 
     def finish(self) -> None:
         self.flush_pack()
@@ -160,11 +174,13 @@ class _Batch:
     known: set[bytes] | None = None  # ids the repository has, or this backup stored
 
 
-def _read_and_hash(repo: Repository, src: ByteSource, blocks: list[tuple[int, int]],
-                   cell: int) -> list[tuple[bytes, list[bytes | None]]]:
-    """Each block of ``src`` and the id of each of its cells (a pool job: several reads are
-    in flight at once, so scattered reads overlap each other and the hashing; long ones go
-    past the page cache)."""
+def _read_and_hash(writer: BlobWriter, src: ByteSource, blocks: list[tuple[int, int]],
+                   cell: int) -> tuple[list[tuple[bytes, list[bytes | None]]],
+                                       tuple[int, set[bytes]]]:
+    """Each block of ``src`` and the id of each of its cells, and what the index says of
+    those ids (see `BlobWriter.known`). A pool job: several reads are in flight at once, so
+    scattered reads overlap each other and the hashing; long ones go past the page cache;
+    the index query is off the thread that drives the backup."""
     if len(blocks) > 1:  # scattered cells: the disk gets them all in its queue at once
         with contextlib.suppress(VmsiftError):  # damage: for the reads to report (or salvage)
             for pos, n in blocks:
@@ -174,8 +190,10 @@ def _read_and_hash(repo: Repository, src: ByteSource, blocks: list[tuple[int, in
     for pos, n in blocks:
         with direct_io.streaming():
             data = src.read_exact(pos, n, "disk data")
-        out.append((data, _hash_block(repo, data, cell)))
-    return out
+        out.append((data, _hash_block(writer.repo, data, cell)))
+    asked = writer.indexings  # before the query: an index written after it is noticed
+    return out, (asked, writer.repo.index.known(
+        [i for _, ids in out for i in ids if i is not None]))
 
 
 @functools.lru_cache(maxsize=4)
@@ -343,10 +361,15 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
     pending: collections.deque = collections.deque()
     hashed_ahead = 0  # batches submitted and not yet taken whole
     batch = _Batch()  # the one still gathering blocks
+    # a change hint's map windows, and the previous backup's leaves that its runs of unread
+    # cells need, are made ahead on a thread of their own (not queued behind the pool's reads)
+    planner = concurrent.futures.ThreadPoolExecutor(1, "vmsift-plan")
+    window = MapWindow(src, cell, MAP_WINDOW, planner)
+    leaves = Ahead(planner, base.indexed_leaf, LEAVES_AHEAD) if base is not None else None
 
     def submit(b: _Batch) -> None:
         nonlocal hashed_ahead, batch
-        b.job = repo.pool.submit(_read_and_hash, repo, src, b.blocks, cell)
+        b.job = repo.pool.submit(_read_and_hash, writer, src, b.blocks, cell)
         hashed_ahead += 1
         if b is batch:
             batch = _Batch()
@@ -360,13 +383,13 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
         b, k = entry
         if b.job is None:  # the queue drained to the gathering batch
             submit(b)
-        results = b.job.result()
+        results, indexed = b.job.result()
         data, ids = results[k]
         if k == len(b.blocks) - 1:
             hashed_ahead -= 1
-        if b.known is None:  # one query for the batch's cells
+        if b.known is None:  # one answer for the batch's cells
             every = [i for _, block_ids in results for i in block_ids if i is not None]
-            b.known = writer.known(every)
+            b.known = writer.known(every, indexed)
         known = b.known
         view = memoryview(data)
         new: list[tuple[bytes, memoryview]] = []
@@ -395,7 +418,7 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
 
     def read_cells(first: int, count: int) -> None:
         nonlocal hashed_ahead
-        for seg in segments(src, cell, first, count):
+        for seg in window.segments(first, count):
             if seg.kind is not Alloc.DATA:
                 n = min(seg.count * cell, src.size - seg.first * cell)
                 pending.append(functools.partial(empty, seg.kind, seg.count, n))
@@ -415,28 +438,17 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
                 while hashed_ahead > AHEAD:
                     take()
 
-    def copy(first: int, count: int) -> None:
-        end = first + count
-        while first < end:  # leaf by leaf
-            leaf = first // LEAF_CELLS
-            leaf_end = min((leaf + 1) * LEAF_CELLS, out.cells)
-            stop = min(end, leaf_end)
-            if first == leaf * LEAF_CELLS and stop == leaf_end and base.cells == out.cells:
-                # the whole leaf is the previous backup's: its id, without loading it (an
-                # unchanged 2 TiB disk has 32,768 leaves of up to 33 KiB)
-                out.keep_leaf(leaf, base.stream.leaves[leaf])
-                nbytes = min(stop * cell, src.size) - first * cell
-                stats.kept += nbytes
-                if progress:
-                    progress(nbytes)
-            else:
-                copy_records(first, stop)
-            first = stop
+    def keep_leaf(leaf: int, first: int, stop: int) -> None:
+        out.keep_leaf(leaf, base.stream.leaves[leaf])
+        nbytes = min(stop * cell, src.size) - first * cell
+        stats.kept += nbytes
+        if progress:
+            progress(nbytes)
 
     def copy_records(first: int, end: int) -> None:
         """Cells [first, end) of one leaf, as the previous backup has them."""
         leaf_start = first // LEAF_CELLS * LEAF_CELLS
-        leaf = base.indexed_leaf(first // LEAF_CELLS)
+        leaf = leaves.get(first // LEAF_CELLS)
         data = out.copy(leaf, first - leaf_start, end - leaf_start)
         nbytes = min(end * cell, src.size) - first * cell
         reused = data * cell
@@ -448,9 +460,21 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
             progress(nbytes)
 
     def copy_cells(first: int, count: int) -> None:
-        pending.append(functools.partial(copy, first, count))
-        while len(pending) > COPIES_AHEAD:  # a hint of many small ranges: bound the queue
-            take()
+        end = first + count
+        while first < end:  # leaf by leaf
+            leaf = first // LEAF_CELLS
+            leaf_end = min((leaf + 1) * LEAF_CELLS, out.cells)
+            stop = min(end, leaf_end)
+            if first == leaf * LEAF_CELLS and stop == leaf_end and base.cells == out.cells:
+                # the whole leaf is the previous backup's: its id, without loading it (an
+                # unchanged 2 TiB disk has 32,768 leaves of up to 33 KiB)
+                pending.append(functools.partial(keep_leaf, leaf, first, stop))
+            else:
+                leaves.want(leaf)
+                pending.append(functools.partial(copy_records, first, stop))
+            first = stop
+            while len(pending) > COPIES_AHEAD:  # a hint of many small ranges: bound it
+                take()
 
     try:
         for first, count, read in cell_plan(changed if base is not None else None, cell,
@@ -467,6 +491,10 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
         for job in jobs:
             job.cancel()
         concurrent.futures.wait(jobs)
+        window.close()
+        if leaves is not None:
+            leaves.close()
+        planner.shutdown()
     stats.seconds = time.monotonic() - started
     return stream, stats
 
