@@ -85,7 +85,7 @@ def segments(src: ByteSource, cell_size: int, first: int = 0, count: int | None 
 class MapWindow:
     """`segments` of many small spans of one source, asked in increasing order (a change
     hint's scattered cells): the map is asked once per window of ``window`` cells (windows
-    at multiples of it), each by a job of ``pool``, the next one ahead (see `ahead`; 12,000
+    at multiples of it), each by a job of ``pool``, the next two ahead (see `ahead`; 12,000
     ``SEEK_DATA`` and ``SEEK_HOLE`` calls on a flat extent cost the archiver's thread 0.4 s).
     Each window is asked for once at most, so the map is walked no more than once in all."""
 
@@ -112,7 +112,8 @@ class MapWindow:
                 lo, hi = max(seg.first, first), min(seg.first + seg.count, end)
                 if lo >= end:
                     break
-                yield Segment(lo, hi - lo, seg.kind)
+                if hi > lo:
+                    yield Segment(lo, hi - lo, seg.kind)
 
     def close(self) -> None:
         """Wait for the jobs still asking the map (the caller may close the source next)."""
