@@ -88,19 +88,17 @@ def test_a_map_window_gives_each_span_the_cells_segments_gives():
                 got = [s.kind for s in maps.segments(first, count) for _ in range(s.count)]
                 assert got == want[first:first + count], (runs, cell, window, first, count)
                 first += count
-            maps.close()
             assert src.asked <= 2 * -(-len(want) // window)  # each window once; long spans
 
 
 def test_ahead_makes_values_in_the_pool_up_to_its_limit():
-    started, finished, release = [], [], threading.Event()
+    started, release = [], threading.Event()
 
     def make(key):
         started.append((key, threading.current_thread() is threading.main_thread()))
         if key == 3:
             raise IntegrityError("leaf 3 is damaged")
         release.wait(5)
-        finished.append(key)
         return key * 10
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -112,13 +110,38 @@ def test_ahead_makes_values_in_the_pool_up_to_its_limit():
         with pytest.raises(IntegrityError, match="leaf 3"):
             ahead.get(3)  # made here, on the caller's thread: its error raised here
         assert (3, True) in started and (1, False) in started and (2, False) in started
-        release.clear()
-        ahead.want(4)
-        while (4, False) not in started:  # running in the pool
-            time.sleep(0.01)
-        threading.Timer(0.2, release.set).start()
-        ahead.close()  # waits for the job making 4
-        assert finished[-1] == 4 and not ahead._jobs
+
+
+def test_no_planner_job_reads_the_source_after_its_stream_is_stored(tmp_path, monkeypatch):
+    """A hinted stream's map windows are asked on the planner thread, some ahead of need;
+    when `store_stream` returns (the caller closes the source next), none is still asking."""
+    from vmsift.backup.archiver import BlobWriter, store_stream
+    from vmsift.backup.repository import Repository
+
+    class SlowMap(BytesSource):
+        active = planned = 0
+
+        def extents(self, offset=0, length=None):
+            if threading.current_thread() is not threading.main_thread():
+                SlowMap.planned += 1
+                SlowMap.active += 1
+                time.sleep(0.05)
+                SlowMap.active -= 1
+            return super().extents(offset, length)
+
+    monkeypatch.setenv("VMSIFT_CACHE_DIR", str(tmp_path / "cache"))
+    cell, cells = 4096, 4 * 1024  # 4 windows of 1,024 cells
+    repo = Repository.init(str(tmp_path / "repo"), encryption="none", cell_size=cell)
+    data = random.Random(8).randbytes(cell * cells)
+    writer = BlobWriter(repo)
+    first, _ = store_stream(repo, writer, BytesSource(data))
+    writer.finish()
+    writer = BlobWriter(repo)
+    with repo.open_stream(first, "first") as base:
+        store_stream(repo, writer, SlowMap(data), base=base, changed=[(5 * cell, cell)])
+    assert SlowMap.planned >= 1 and SlowMap.active == 0
+    writer.finish()
+    repo.close()
 
 
 def test_ids_indexed_after_a_job_asked_the_index_are_known(tmp_path, monkeypatch):

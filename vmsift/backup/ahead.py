@@ -36,11 +36,3 @@ class Ahead:
             job = self._jobs[key] = concurrent.futures.Future()
             job.set_result(value)
         return job.result()
-
-    def close(self) -> None:
-        """Cancel or wait for every job still running (what they read may be closed next)."""
-        jobs = list(self._jobs.values())
-        for job in jobs:
-            job.cancel()
-        concurrent.futures.wait(jobs)
-        self._jobs.clear()

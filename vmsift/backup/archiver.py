@@ -491,10 +491,7 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
         for job in jobs:
             job.cancel()
         concurrent.futures.wait(jobs)
-        window.close()
-        if leaves is not None:
-            leaves.close()
-        planner.shutdown()
+        planner.shutdown(cancel_futures=True)  # the map windows and leaves still under way
     stats.seconds = time.monotonic() - started
     return stream, stats
 

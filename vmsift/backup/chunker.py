@@ -114,7 +114,3 @@ class MapWindow:
                     break
                 if hi > lo:
                     yield Segment(lo, hi - lo, seg.kind)
-
-    def close(self) -> None:
-        """Wait for the jobs still asking the map (the caller may close the source next)."""
-        self._windows.close()
