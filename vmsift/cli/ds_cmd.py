@@ -129,7 +129,7 @@ def _listing(volume: Volume, path: str, recursive: bool, deleted: bool,
         return [(top.path, DirEntry(posixpath.basename(top.path), top.type, top.inode))]
     if not recursive:
         # the volume's own form of the path: OCFS2 keeps the "//" of its system directory
-        folder = volume.stat(path).path
+        folder = volume.lookup(path).path
         return [(posixpath.join(folder, e.name), e) for e in entries]
     return [(posixpath.join(folder, e.name), e)
             for folder, entries in volume.walk(path, deleted=deleted, problems=problems)
