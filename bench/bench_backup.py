@@ -36,14 +36,15 @@ and ``--compression zstd,3`` (default chunker, and ``--chunker-params fixed,4194
 ``/proc/sys/vm/drop_caches`` (it says whether it could), and every command starts after
 ``sync``. The load average is printed with the results: the machine may be shared.
 
-    python3 bench/bench_backup.py [--size 8G] [--only restic,borg,vmsift] [--workdir DIR]
+    .venv/bin/python bench/bench_backup.py [--size 8G] [--only restic,borg,vmsift]
+        [--workdir DIR]
         [--vmsift PATH] [--thin-size 50G] [--big-size 2T] [--borg-encrypted]
         [--markdown] [--json FILE]
-    python3 bench/bench_backup.py --report FILE [--markdown]   # print a saved run again
+    .venv/bin/python bench/bench_backup.py --report FILE [--markdown]   # print a saved run again
 
-vmsift is run as ``--vmsift PATH`` (default: this checkout's ``.venv/bin/vmsift``, else
-``/work/main/.venv/bin/vmsift``); when it has no ``backup`` command yet the vmsift columns
-read "not available". A command that fails is reported with its command line and error text
+vmsift is run as ``--vmsift PATH`` (default: this checkout installed as a user has it, in a
+venv of its own under the work folder: `installed.install`); when it has no ``backup``
+command yet the vmsift columns read "not available". A command that fails is reported with its command line and error text
 and the other tools go on. Steps 1-3 need only the standard library; 4 and 6 import the test
 fixtures (CTK writer, moto server) and boto3.
 """
@@ -66,6 +67,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.fixtures: the CTK writer, moto's S3 server
+
+from installed import install  # noqa: E402
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 CHANGE = 64 * KiB  # the size of each scattered write between the two backups
 SEED = 20261203
@@ -819,11 +822,6 @@ def note(text: str) -> None:
 
 # ----------------------------------------------------------------------------- main
 
-def default_vmsift() -> str:
-    own = ROOT / ".venv" / "bin" / "vmsift"
-    return str(own if own.exists() else Path("/work/main/.venv/bin/vmsift"))
-
-
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=parse_size, default=parse_size("8G"),
@@ -832,7 +830,7 @@ def parse_args() -> argparse.Namespace:
                     help="comma-separated tools to run (restic, borg, vmsift)")
     ap.add_argument("--workdir", type=Path, default=Path("/var/tmp/vmsift-bench-backup"),
                     help="where the VM folders, repositories and restores go; kept between runs")
-    ap.add_argument("--vmsift", default=default_vmsift(), help="the vmsift executable")
+    ap.add_argument("--vmsift", help="the vmsift executable (default: this checkout, installed)")
     ap.add_argument("--thin-size", type=parse_size, default=parse_size("50G"),
                     help="never-written thin disk backed up by each tool (0: skip)")
     ap.add_argument("--big-size", type=parse_size, default=parse_size("2T"),
@@ -868,9 +866,9 @@ def main() -> None:
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     check_space(work, args.size)
-    # bytecode, as an installed vmsift has it (PYTHONDONTWRITEBYTECODE would otherwise make
-    # every vmsift command compile what it imports again: about 0.2 s each here)
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "vmsift")], check=True)
+    if args.vmsift is None:  # a copy of the checkout as it is now, with its bytecode
+        shutil.rmtree(work / "vmsift-installed", ignore_errors=True)
+        args.vmsift = str(install(ROOT, work / "vmsift-installed"))
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load_start = os.getloadavg()
     src = Source.prepare(work, args.size)

@@ -4,7 +4,8 @@
 of the dissect.vmfs sdist (tests/fixtures/vmfs_images.py), against `python -c pass` (the
 floor of any Python command) and `debugvmfs IMG ls /directory`. vmsift runs as a user has
 it: installed from the tree (not editable) into a venv of its own that takes its
-dependencies from this one (`installed`). Whole processes, with hyperfine when it is on
+dependencies from this one (`installed.install`), run by the `vmsift` command pip writes
+and by ``python -m vmsift``. Whole processes, with hyperfine when it is on
 PATH (``-N``, 3 warm-ups, 30 runs, the fastest: this machine is shared), else best of 30.
 With ``--baseline DIR`` (a checkout of an older vmsift) its commands are measured in the
 same run.
@@ -21,7 +22,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.fixtures import vmfs_images  # noqa: E402
+
+from installed import install  # noqa: E402
 
 RUNS = 30
 
@@ -50,28 +52,6 @@ def seconds(cmd: list[str], env: dict[str, str]) -> float:
     return best
 
 
-def installed(tree: Path, workdir: Path) -> str:
-    """A Python that runs ``tree`` as a user's installed vmsift: a venv of its own with
-    vmsift installed from the tree (not editable: the editable install's import hook costs
-    every process of the dev venv some 15 ms of site start-up) and this venv's packages for
-    its dependencies. Returns its interpreter."""
-    venv = workdir / tree.name
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    py = str(venv / "bin" / "python")
-    site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
-    deps = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
-    Path(site, "deps.pth").write_text("".join(f"{d}\n" for d in sorted(deps)))
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
-                    site, str(tree)], check=True)
-    # pip --target leaves the console script in the site folder, naming this interpreter
-    script = Path(site, "bin", "vmsift").read_text().split("\n", 1)[1]
-    command = venv / "bin" / "vmsift"
-    command.write_text(f"#!{py}\n{script}")
-    command.chmod(0o755)
-    return py
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "vmsift-tests")
@@ -83,8 +63,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="vmsift-startup-"))
     os.chdir(work)  # `python -m` looks in the working directory first: not in a checkout
     try:
-        pythons = {name: installed(tree, work / name) for name, tree in trees.items()}
-        py = [pythons["vmsift"]]
+        commands = {name: install(tree, work / name) for name, tree in trees.items()}
+        py = [str(commands["vmsift"].with_name("python"))]
         listed = subprocess.run([*py, "-m", "vmsift", "ds", "ls", image, "directory"],
                                 check=True, capture_output=True, text=True,
                                 cwd=work).stdout.splitlines()
@@ -94,15 +74,15 @@ def main() -> None:
                 ("python -c pass (installed)", seconds([*py, "-c", "pass"], env)),
                 ("debugvmfs ls /directory", seconds(["debugvmfs", image, "ls", "/directory"],
                                                     env))]
-        for name, python in pythons.items():
-            command = str(Path(python).with_name("vmsift"))
-            rows.append((f"{name} --help", seconds([command, "--help"], env)))
+        for name, command in commands.items():
+            python = str(command.with_name("python"))
+            rows.append((f"{name} --help", seconds([str(command), "--help"], env)))
             rows.append((f"{name} ds ls (100 names)",
-                         seconds([command, "ds", "ls", image, "directory"], env)))
+                         seconds([str(command), "ds", "ls", image, "directory"], env)))
             rows.append((f"python -m {name} ds ls (100 names)",
                          seconds([python, "-m", "vmsift", "ds", "ls", image, "directory"],
                                  env)))
-        trace = subprocess.run([*py, "-X", "importtime", str(Path(py[0]).with_name("vmsift")),
+        trace = subprocess.run([*py, "-X", "importtime", str(commands["vmsift"]),
                                 "ds", "ls", image, "directory"], check=True, capture_output=True, text=True,
                                cwd=work).stderr
     finally:
