@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 from collections.abc import Iterator
 
 from .errors import SourceError
@@ -20,7 +19,7 @@ from .errors import SourceError
 def temp_path(out: str) -> str:
     """A fresh hidden name beside ``out`` for its temporary."""
     head, tail = os.path.split(out)
-    return os.path.join(head, f".{tail}.{secrets.token_hex(4)}.tmp")
+    return os.path.join(head, f".{tail}.{os.urandom(4).hex()}.tmp")
 
 
 def fsync_dir(path: str) -> None:

@@ -30,8 +30,6 @@ import fnmatch
 import functools
 import os
 import posixpath
-import secrets
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -655,8 +653,8 @@ def backup(repo: Repository, paths: list[str], *, vms: tuple[str, ...] = (),
     that the tree can be restored. The caller holds a lock."""
     emit = events or (lambda e: None)
     result = BackupResult()
-    run_id = secrets.token_hex(8)
-    host = host or socket.gethostname()
+    run_id = os.urandom(8).hex()
+    host = host or os.uname().nodename
     problems: list[str] = []
     source = os.path.abspath(paths[0])
     repo.sync_index()

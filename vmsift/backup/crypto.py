@@ -16,7 +16,6 @@ An envelope is ``flags (1 byte: bit 0 = zstd) || payload``.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import threading
@@ -134,6 +133,8 @@ def _kek(password: bytes, salt: bytes, kdf: dict) -> bytes:
     n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
     if not (2 <= n <= 1 << 22 and 1 <= r <= 32 and 1 <= p <= 16):
         raise RepositoryError(f"key derivation cost n={n} r={r} p={p} is out of range")
+    import hashlib  # scrypt: only for keys (hashlib loads OpenSSL)
+
     return hashlib.scrypt(password, salt=salt, n=n, r=r, p=p, maxmem=256 * r * n + (1 << 20),
                           dklen=32)
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import secrets
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -59,7 +57,7 @@ class LockInfo:
 
     def stale(self, now: float | None = None) -> bool:
         now = time.time() if now is None else now
-        if self.host == socket.gethostname():
+        if self.host == os.uname().nodename:
             started = process_start(self.pid)
             return started is None or started != self.start
         return now - self.time > STALE_AFTER
@@ -91,8 +89,8 @@ class Lock:
         self._thread: threading.Thread | None = None
 
     def _write(self) -> str:
-        name = secrets.token_hex(16)
-        doc = {"host": socket.gethostname(), "pid": os.getpid(),
+        name = os.urandom(16).hex()
+        doc = {"host": os.uname().nodename, "pid": os.getpid(),
                "start": process_start(os.getpid()), "time": time.time(),
                "exclusive": self.exclusive}
         self.backend.put("locks", name, json.dumps(doc).encode())
@@ -121,7 +119,9 @@ class Lock:
                     b.describe() for b in blocking) + " (--retry-lock waits; `vmsift unlock` "
                     "removes stale locks)", source=self.backend.location)
             # jitter: two exclusive takers that saw each other do not retry in step
-            time.sleep(min(POLL * (0.5 + secrets.randbelow(1000) / 1000),
+            import random  # here: most locks are taken at once
+
+            time.sleep(min(POLL * random.uniform(0.5, 1.5),
                            max(deadline - time.monotonic(), 0.01)))
         self._thread = threading.Thread(target=self._refresh, name="vmsift-lock", daemon=True)
         self._thread.start()

@@ -18,7 +18,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import secrets
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -97,7 +96,7 @@ class Repository:
         backend = open_backend(location)
         backend.create()
         keys = Keys.generate(encryption == "repokey")
-        config = {"repository": FORMAT, "version": VERSION, "id": secrets.token_hex(8),
+        config = {"repository": FORMAT, "version": VERSION, "id": os.urandom(8).hex(),
                   "encryption": encryption, "cell_size": cell_size,
                   "created": dt.datetime.now(dt.timezone.utc).isoformat()}
         if encryption == "none":
