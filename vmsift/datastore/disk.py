@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ChainError, ErrorKind, FormatError, Problem, UnsupportedError
-from ..formats import foreign, partition
+from ..formats import foreign
 from ..formats.vmdk import cowd, sesparse, sparse
 from ..formats.vmdk import descriptor as desc_mod
 from ..report import Report, Table, size_field
@@ -310,6 +310,8 @@ def describe(disk: VirtualDisk) -> Report:
                 f"{rdm['mapping_file']}, {rdm['mode']} mode"
                 + ("" if rdm["data_present"] else ", LUN not given (--device)"))
     tables = [chain, extents]
+    from ..formats import partition  # here: opening a disk (a backup) needs no table
+
     try:
         table = partition.read_table(disk)
     except UnsupportedError as e:  # the data is elsewhere (a raw device mapping)

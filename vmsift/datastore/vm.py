@@ -18,17 +18,19 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ChainError, Problem, VmsiftError
 from ..formats import ctk as ctk_mod
-from ..formats import vmcfg as vmcfg_mod
 from ..formats import vmsd as vmsd_mod
 from ..formats import vmx as vmx_mod
 from ..source import ByteSource
 from .disk import OpenOptions, VirtualDisk, open_disk
 from .snapshots import disk_at_snapshot
 from .volume import FileType, Volume
+
+if TYPE_CHECKING:  # imported where used: a VMware VM's backup needs no vm.cfg parser
+    from ..formats import vmcfg
 
 MAX_CONFIG = 16 << 20
 
@@ -224,7 +226,7 @@ def _vmware(volume: Volume, path: str) -> VmRecord:
     return vm
 
 
-def _repository_path(volume: Volume, cfg_path: str, disk: vmcfg_mod.Disk) -> str | None:
+def _repository_path(volume: Volume, cfg_path: str, disk: vmcfg.Disk) -> str | None:
     """The volume path of an Oracle VM disk: repository paths map onto this volume when
     the vm.cfg lies in it (``<repo root>/VirtualMachines/<id>/vm.cfg``)."""
     if disk.repository_dir and disk.filename:
@@ -234,7 +236,9 @@ def _repository_path(volume: Volume, cfg_path: str, disk: vmcfg_mod.Disk) -> str
 
 
 def _oraclevm(volume: Volume, path: str) -> VmRecord:
-    cfg = vmcfg_mod.parse(_read(volume, path), path)
+    from ..formats import vmcfg
+
+    cfg = vmcfg.parse(_read(volume, path), path)
     disks = []
     for d in cfg.disks:
         disk = VmDisk(d.device or f"disk{d.index}", _repository_path(volume, path, d), d.mode)
