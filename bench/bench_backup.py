@@ -37,16 +37,15 @@ and ``--compression zstd,3`` (default chunker, and ``--chunker-params fixed,4194
 ``sync``. The load average is printed with the results: the machine may be shared.
 
     .venv/bin/python bench/bench_backup.py [--size 8G] [--only restic,borg,vmsift]
-        [--workdir DIR]
-        [--vmsift PATH] [--thin-size 50G] [--big-size 2T] [--borg-encrypted]
-        [--markdown] [--json FILE]
+        [--workdir DIR] [--vmsift PATH] [--thin-size 50G] [--big-size 2T]
+        [--borg-encrypted] [--markdown] [--json FILE]
     .venv/bin/python bench/bench_backup.py --report FILE [--markdown]   # print a saved run again
 
 vmsift is run as ``--vmsift PATH`` (default: this checkout installed as a user has it, in a
 venv of its own under the work folder: `installed.install`); when it has no ``backup``
-command yet the vmsift columns read "not available". A command that fails is reported with its command line and error text
-and the other tools go on. Steps 1-3 need only the standard library; 4 and 6 import the test
-fixtures (CTK writer, moto server) and boto3.
+command yet the vmsift columns read "not available". A command that fails is reported with
+its command line and error text and the other tools go on. Steps 1-3 need only the standard
+library; 4 and 6 import the test fixtures (CTK writer, moto server) and boto3.
 """
 
 from __future__ import annotations
@@ -69,6 +68,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.fixtures: the CTK writer, moto's S3 server
 
 from installed import install  # noqa: E402
+
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 CHANGE = 64 * KiB  # the size of each scattered write between the two backups
 SEED = 20261203

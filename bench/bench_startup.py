@@ -5,8 +5,8 @@ of the dissect.vmfs sdist (tests/fixtures/vmfs_images.py), against `python -c pa
 floor of any Python command) and `debugvmfs IMG ls /directory`. vmsift runs as a user has
 it: installed from the tree (not editable) into a venv of its own that takes its
 dependencies from this one (`installed.install`), run by the `vmsift` command pip writes
-and by ``python -m vmsift``. Whole processes, with hyperfine when it is on
-PATH (``-N``, 3 warm-ups, 30 runs, the fastest: this machine is shared), else best of 30.
+and by ``python -m vmsift``. Whole processes, with hyperfine when it is on PATH (``-N``, 3
+warm-ups, 30 runs, the fastest: this machine is shared), else best of 30.
 With ``--baseline DIR`` (a checkout of an older vmsift) its commands are measured in the
 same run.
 Then ``python -X importtime`` of `ds ls`: the modules that cost the most, cumulative.
@@ -82,9 +82,9 @@ def main() -> None:
             rows.append((f"python -m {name} ds ls (100 names)",
                          seconds([python, "-m", "vmsift", "ds", "ls", image, "directory"],
                                  env)))
-        trace = subprocess.run([*py, "-X", "importtime", str(commands["vmsift"]),
-                                "ds", "ls", image, "directory"], check=True, capture_output=True, text=True,
-                               cwd=work).stderr
+        trace = subprocess.run([*py, "-X", "importtime", str(commands["vmsift"]), "ds", "ls",
+                                image, "directory"], check=True, capture_output=True,
+                               text=True, cwd=work).stderr
     finally:
         os.chdir(ROOT)
         shutil.rmtree(work)
