@@ -10,9 +10,9 @@ The pipeline per stream: the map says which cells are DATA; those are read in bl
 order; a job reads one block, or a batch of smaller ones up to `BLOCK` in all (a change
 hint's scattered cells: a hand-off and an index query per cell would cost more than the
 cell's reading), which it first tells the source about (`ByteSource.prefetch`), so that
-the disk has them all in its queue at once, and then asks the index about. Ids the
-repository already has are reused; the others are sealed (zstd, AES-GCM) in the pool,
-`SEAL_BATCH` bytes a job, and appended to packs, which are stored by writer threads. The
+the disk has them all in its queue at once, and then asks the index about; the cells
+that neither the repository nor this backup has yet it also seals (zstd, AES-GCM). Taken
+back, new cells are appended to packs, which are stored by writer threads. The
 thread that drives all this makes few system calls of its own (see `ahead`): a change
 hint's map and the previous backup's leaves are made ahead on a planner thread. An index
 object is stored after every `repository.INDEX_EVERY` packs and at the end, and only then
@@ -52,10 +52,8 @@ from .hints import Hint, choose
 from .sources import TreeFile, disk_tree, identity_now, open_source
 
 BLOCK = 4 << 20          # bytes read from a source at a time (whole cells)
-AHEAD = 8                # jobs reading and hashing at once: AHEAD * BLOCK bytes in memory
+AHEAD = 8                # jobs reading at once: up to 2 * AHEAD * BLOCK bytes (read, sealed)
 COPIES_AHEAD = 4096      # runs of unread cells queued behind them
-SEAL_AHEAD = 32 << 20   # bytes of cells being sealed at once
-SEAL_BATCH = 1 << 20    # blocks whose new cells one pool job seals
 PUTTERS = 2             # packs stored at once (a local disk gains queue depth; S3 more)
 PUTS_AHEAD = 4          # packs (16 MiB each) waiting to be stored
 MAP_WINDOW = 1024       # cells of the map asked for at once for a change hint's spans
@@ -174,11 +172,14 @@ class _Batch:
 
 def _read_and_hash(writer: BlobWriter, src: ByteSource, blocks: list[tuple[int, int]],
                    cell: int) -> tuple[list[tuple[bytes, list[bytes | None]]],
-                                       tuple[int, set[bytes]]]:
-    """Each block of ``src`` and the id of each of its cells, and what the index says of
-    those ids (see `BlobWriter.known`). A pool job: several reads are in flight at once, so
-    scattered reads overlap each other and the hashing; long ones go past the page cache;
-    the index query is off the thread that drives the backup."""
+                                       tuple[int, set[bytes]], dict[bytes, bytes]]:
+    """Each block of ``src`` and the id of each of its cells, what the index says of those
+    ids (see `BlobWriter.known`), and the sealed cells that neither the index nor the
+    writer (`BlobWriter.pending`) had: a cell another job stores meanwhile is sealed in
+    vain, never stored twice (the driving thread decides). A pool job: several reads are in
+    flight at once, so scattered reads overlap each other and the hashing; long ones go
+    past the page cache; the index query and the sealing are off the thread that drives
+    the backup."""
     if len(blocks) > 1:  # scattered cells: the disk gets them all in its queue at once
         with contextlib.suppress(VmsiftError):  # damage: for the reads to report (or salvage)
             for pos, n in blocks:
@@ -190,8 +191,15 @@ def _read_and_hash(writer: BlobWriter, src: ByteSource, blocks: list[tuple[int, 
             data = src.read_exact(pos, n, "disk data")
         out.append((data, _hash_block(writer.repo, data, cell)))
     asked = writer.indexings  # before the query: an index written after it is noticed
-    return out, (asked, writer.repo.index.known(
-        [i for _, ids in out for i in ids if i is not None]))
+    known = writer.repo.index.known([i for _, ids in out for i in ids if i is not None])
+    keys, pending, sealed = writer.repo.keys, writer.pending, {}
+    for data, ids in out:
+        view = memoryview(data)
+        for c, chunk_id in enumerate(ids):
+            if chunk_id is not None and not (chunk_id in known or chunk_id in pending
+                                             or chunk_id in sealed):
+                sealed[chunk_id] = keys.seal(view[c * cell:(c + 1) * cell], chunk_id)
+    return out, (asked, known), sealed
 
 
 @functools.lru_cache(maxsize=4)
@@ -220,10 +228,6 @@ class StreamWriter:
         self.cells = cell_count(size, repo.cell_size)
         self.leaves: list[str] = []
         self.leaf = LeafBuilder()
-        self.sealing: collections.deque = collections.deque()
-        self.in_flight = 0  # bytes of cells being sealed
-        self.unsealed: list[tuple[bytes, memoryview]] = []  # new cells gathered for a job
-        self.unsealed_size = 0
         self.stats = StreamStats(size=size)
 
     def _room(self) -> int:
@@ -264,51 +268,12 @@ class StreamWriter:
         assert self.leaf.cells == 0 and len(self.leaves) == index
         self.leaves.append(leaf)
 
-    def seal(self, chunks: list[tuple[bytes, memoryview]], block: int) -> None:
-        """Seal new chunks, cells of one block of ``block`` bytes (which they keep in
-        memory): one pool job per `SEAL_BATCH` bytes of blocks; they join packs when done."""
-        if not chunks:
-            return
-        self.writer.pending.update(chunk_id for chunk_id, _ in chunks)
-        self.unsealed += chunks
-        self.unsealed_size += block
-        if self.unsealed_size >= SEAL_BATCH:
-            self._submit_seal()
-
-    def abandon(self) -> None:
-        """The stream failed: its new chunks not yet in a pack are no longer pending, so
-        that a later stream of the run with the same cells stores them itself."""
-        for _, job in self.sealing:
-            job.cancel()
-        self.writer.pending.difference_update(
-            [chunk_id for chunk_id, _ in self.unsealed]
-            + [chunk_id for chunks, _ in self.sealing for chunk_id, _ in chunks])
-        self.unsealed, self.unsealed_size = [], 0
-        self.sealing.clear()
-
-    def _submit_seal(self) -> None:
-        chunks, self.unsealed, self.unsealed_size = self.unsealed, [], 0
-        if not chunks:
-            return
-        keys = self.repo.keys
-        job = self.repo.pool.submit(lambda: [keys.seal(piece, chunk_id)
-                                             for chunk_id, piece in chunks])
-        self.sealing.append(([(chunk_id, len(piece)) for chunk_id, piece in chunks], job))
-        self.in_flight += sum(n for _, n in self.sealing[-1][0])
-        while self.in_flight > SEAL_AHEAD:
-            self._drain_one()
-
-    def _drain_one(self) -> None:
-        chunks, job = self.sealing.popleft()
-        for (chunk_id, n), sealed in zip(chunks, job.result()):
-            self.writer.add(BlobType.DATA, chunk_id, sealed, n)
-            self.stats.stored += len(sealed)
-            self.in_flight -= n
+    def store(self, chunk_id: bytes, sealed: bytes, length: int) -> None:
+        """A new cell of ``length`` bytes, sealed: into a pack."""
+        self.writer.add(BlobType.DATA, chunk_id, sealed, length)
+        self.stats.stored += len(sealed)
 
     def finish(self) -> Stream:
-        self._submit_seal()
-        while self.sealing:
-            self._drain_one()
         if self.cells == 0:
             return Stream(self.size, self.repo.cell_size, [])
         assert self.leaf.cells == 0 and len(self.leaves) == -(-self.cells // LEAF_CELLS)
@@ -381,7 +346,7 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
         b, k = entry
         if b.job is None:  # the queue drained to the gathering batch
             submit(b)
-        results, indexed = b.job.result()
+        results, indexed, sealed = b.job.result()
         data, ids = results[k]
         if k == len(b.blocks) - 1:
             hashed_ahead -= 1
@@ -390,7 +355,6 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
             b.known = writer.known(every, indexed)
         known = b.known
         view = memoryview(data)
-        new: list[tuple[bytes, memoryview]] = []
         for c, chunk_id in enumerate(ids):
             piece = view[c * cell:(c + 1) * cell]
             if chunk_id is None:
@@ -402,9 +366,11 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
             else:
                 known.add(chunk_id)
                 stats.new += len(piece)
-                new.append((chunk_id, piece))
+                # its job sealed it unless it was pending then, and so known here by now:
+                # sealed here only should that ever not hold
+                out.store(chunk_id, sealed.get(chunk_id) or repo.keys.seal(piece, chunk_id),
+                          len(piece))
             out.data(chunk_id)
-        out.seal(new, len(data))
         if progress:
             progress(len(data))
 
@@ -481,9 +447,6 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
         while pending:
             take()
         stream = out.finish()
-    except BaseException:
-        out.abandon()  # what it did not store, later streams must store themselves
-        raise
     finally:  # on an error: no job may still read the source once the caller closes it
         jobs = {e[0].job for e in pending if isinstance(e, tuple) and e[0].job is not None}
         for job in jobs:
