@@ -10,6 +10,8 @@ run one suite on every backend).
   map cut to it.
 * the map agrees with the bytes: ZERO and HOLE runs read as zeros; with an oracle, every
   byte is the oracle's.
+* ``read_many`` gives each range whole, in the order asked (ranges that meet end to end as
+  well), the same bytes as ``read``; a range past the end is a `TruncatedError`.
 
 Work is bounded: at most a few MiB are read per source, spread over its runs.
 """
@@ -108,6 +110,15 @@ def check_source(src, expected: bytes | None = None, *, seed: int = 0,
         if expected is not None:
             assert data == expected[offset:offset + length], (offset, length)
     assert len(src.read(max(size - 1, 0), 10)) == min(size, 1)
+    # several ranges at once: out of order, and end to end
+    asked = [(o, min(n, size - o)) for o, n in ranges if o < size][::-1]
+    asked += [(o, 100) for o in range(0, min(size, 1000) - 100, 100)] + [(0, 0)]
+    got = src.read_many(asked)
+    assert got == [src.read(o, n) for o, n in asked]
+    if expected is not None:
+        assert got == [expected[o:o + n] for o, n in asked]
+    with pytest.raises(TruncatedError):
+        src.read_many([(0, min(size, 1)), (max(size - 1, 0), 2)])
     # bytes agree with the map: both ends of runs spread over the whole map
     step = max(len(runs) // MAX_RUNS, 1)
     for run in runs[::step]:
@@ -280,6 +291,40 @@ def test_prefetch_reaches_the_file_that_holds_the_bytes(tmp_path, monkeypatch):
         assert flat == ("base-flat.vmdk", 3 * MiB + 512, 4096, os.POSIX_FADV_WILLNEED)
 
 
+def test_read_many_reads_what_lies_together_at_once(tmp_path, monkeypatch):
+    """Cells scattered over a delta disk whose grains were written one after another lie
+    side by side in the delta file: `read_many` reads them there in one read, and the cell
+    that falls through to the flat base in one read of the base."""
+    from vmsift.datastore.disk import open_disk
+    from vmsift.datastore.folder import FolderVolume
+
+    for tool in ("qemu-img", "qemu-io"):
+        require_tool(tool)
+    run = functools.partial(subprocess.run, check=True, capture_output=True)
+    run(["qemu-img", "create", "-f", "vmdk", "-o", "subformat=monolithicFlat",
+         str(tmp_path / "base.vmdk"), "16M"])
+    run(["qemu-io", "-c", "write -P 0x11 9M 64k", str(tmp_path / "base.vmdk")])
+    run(["qemu-img", "create", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk",
+         str(tmp_path / "delta.vmdk")])
+    cells = [(MiB * m, 64 * 1024) for m in (5, 1, 7, 3)]  # the delta's grains, in order
+    for i, (offset, n) in enumerate(sorted(cells)):
+        run(["qemu-io", "-c", f"write -P {0x21 + i} {offset} {n}", str(tmp_path / "delta.vmdk")])
+    asked = cells + [(9 * MiB, 64 * 1024)]
+    reads = []
+    real = FileSource.read
+
+    def counted(self, offset, length):
+        reads.append((os.path.basename(self.name), length))
+        return real(self, offset, length)
+
+    with open_disk(FolderVolume(tmp_path), "delta.vmdk") as disk:
+        one_by_one = [disk.read(o, n) for o, n in asked]
+        assert [d[:1] for d in one_by_one] == [b"\x23", b"\x21", b"\x24", b"\x22", b"\x11"]
+        monkeypatch.setattr(FileSource, "read", counted)
+        assert disk.read_many(asked) == one_by_one
+    assert sorted(reads) == [("base-flat.vmdk", 64 * 1024), ("delta.vmdk", 256 * 1024)]
+
+
 def test_errors_of_sources(host_file):
     """Data that is missing is an error, never a short read or zeros: a slice past its
     parent's end is a `TruncatedError`; an unavailable LUN is an `UnsupportedError`."""
@@ -310,6 +355,10 @@ class _Broken(BytesSource):
         data = super().read(offset, length)
         return data[:-1] if self.how == "short" and length > 1 and data else data
 
+    def read_many(self, ranges, what="data"):
+        out = super().read_many(ranges, what)
+        return sorted(out, key=len) if self.how == "many" else out
+
     def extents(self, offset=0, length=None):
         start, end = clip(self.size, offset, length)
         if self.how == "gap":
@@ -323,7 +372,7 @@ class _Broken(BytesSource):
             yield Run(start, end - start, Alloc.DATA)
 
 
-@pytest.mark.parametrize("how", ["short", "gap", "unmerged", "hole"])
+@pytest.mark.parametrize("how", ["short", "gap", "unmerged", "hole", "many"])
 def test_contract_catches_broken_sources(how):
     with pytest.raises(AssertionError):
         check_source(_Broken(how))

@@ -16,6 +16,7 @@ from vmsift.datastore.folder import FolderVolume
 from vmsift.datastore.vm import find_vms
 from vmsift.datastore.volume import FileType
 from vmsift.errors import ErrorKind, SourceError, UnsupportedError
+from vmsift.source import ByteSource
 
 MiB = 1 << 20
 REPO = "0004fb0000030000aeaca859e4a8f8c0"
@@ -107,6 +108,23 @@ def test_find_vms(datastore):
     assert img.path == "VirtualDisks/0004fb0000120000c444117fd87ea251.img"
     assert (img.capacity, img.allocated, img.device, img.mode) == (32 * MiB, 4096, "xvda", "w")
     assert phy.path is None and "not a file of this repository" in phy.problem
+
+
+def test_find_vms_without_stored_bytes_walks_no_map(datastore, monkeypatch):
+    """A backup's discovery skips counting allocated bytes (a walk of every file's map);
+    everything else is the same."""
+    volume = open_datastore([str(datastore)])
+    full = [vm.to_dict() for vm in find_vms(volume)]
+    def walked(self, *args):
+        raise AssertionError(f"the map of {self.name} was walked")
+    monkeypatch.setattr(ByteSource, "stored_bytes", walked)
+    quick = [vm.to_dict() for vm in find_vms(volume, stored=False)]
+    assert [d["allocated"] for vm in quick for d in vm["disks"]] == [None] * 4
+    for vm in full:
+        vm["allocated"] = 0
+        for d in vm["disks"]:
+            d["allocated"] = None
+    assert quick == full
 
 
 def test_extract_is_sparse_and_safe(datastore, tmp_path):

@@ -5,7 +5,9 @@ A source has a ``size``, ``read(offset, length)`` (short only at the end) and
 to read as zeros) and HOLE (unallocated: reads as zeros, or falls through to a parent disk).
 Layers pass the map through instead of reading zeros. ``prefetch(offset, length)`` is a
 hint that a range will be read soon (`FileSource`: ``POSIX_FADV_WILLNEED``), passed down the
-same way; it changes no read.
+same way; it changes no read. ``read_many(ranges)`` reads several ranges whole at once (a
+change hint's scattered cells): a layer that maps them onto the source below passes them
+down together, so that the pieces that lie side by side there are read as one.
 
 Inside ``direct_io.streaming()`` (the backup's readers), a `FileSource` reads 1 MiB or more
 at once past the page cache (`vmsift.direct_io`): such reads stream a whole disk, would only
@@ -25,7 +27,8 @@ from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 from . import direct_io
-from .errors import ErrorKind, LimitError, SourceError, TruncatedError, UnsupportedError
+from .errors import (ErrorKind, LimitError, SourceError, TruncatedError, UnsupportedError,
+                     VmsiftError)
 
 
 class Alloc(enum.Enum):
@@ -91,6 +94,38 @@ class ByteSource:
         it changes no read; the storage's own errors are ignored, and the only ones it
         raises are those a map lookup on the way meets (damaged metadata, as `extents`
         would). Layers pass it down where their map allows; here it does nothing."""
+
+    def read_many(self, ranges: Sequence[tuple[int, int]], what: str = "data") -> list[bytes]:
+        """The bytes of each ``(offset, length)`` of ``ranges``, whole (`TruncatedError`
+        otherwise, as `read_exact`). Ranges that meet end to end are read as one; when
+        several reads remain they are all `prefetch`-ed first (but those long enough to go
+        past the page cache), so that the storage has them in its queue at once. Layers
+        that map ranges onto another source pass them down this way."""
+        order = sorted(range(len(ranges)), key=lambda i: ranges[i][0])
+        joined: list[list] = []  # [offset, length, indices of the ranges it holds]
+        for i in order:
+            offset, length = ranges[i]
+            if joined and joined[-1][0] + joined[-1][1] == offset and length:
+                joined[-1][1] += length
+                joined[-1][2].append(i)
+            else:
+                joined.append([offset, length, [i]])
+        if len(joined) > 1:
+            with contextlib.suppress(VmsiftError):  # damage: for the reads to report
+                for offset, length, _ in joined:
+                    if length < direct_io.MIN_LENGTH:
+                        self.prefetch(offset, length)
+        out: list[bytes] = [b""] * len(ranges)
+        for offset, length, held in joined:
+            data = self.read_exact(offset, length, what)
+            if len(held) == 1:
+                out[held[0]] = data
+                continue
+            view = memoryview(data)
+            for i in held:
+                start = ranges[i][0] - offset
+                out[i] = view[start:start + ranges[i][1]].tobytes()
+        return out
 
     def stored_bytes(self) -> int:
         """Bytes this source holds as DATA, from its allocation map alone."""
@@ -300,6 +335,12 @@ class SliceSource(ByteSource):
         start, end = clip(self.size, offset, length)
         self.parent.prefetch(self.start + start, end - start)
 
+    def read_many(self, ranges: Sequence[tuple[int, int]], what: str = "data") -> list[bytes]:
+        if any(offset < 0 or length < 0 or offset + length > self.size
+               for offset, length in ranges):
+            return super().read_many(ranges, what)  # which says what is missing
+        return self.parent.read_many([(self.start + o, n) for o, n in ranges], what)
+
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Run]:
         start, end = clip(self.size, offset, length)
         covered = start
@@ -413,6 +454,32 @@ class OverlaySource(ByteSource):
                 self.top.prefetch(run.offset, run.length)
             elif run.kind is Alloc.HOLE:
                 self.parent.prefetch(run.offset, run.length)
+
+    def read_many(self, ranges: Sequence[tuple[int, int]], what: str = "data") -> list[bytes]:
+        """The top's pieces of all ranges in one `read_many` of the top, the parent's in one
+        of the parent."""
+        if any(offset < 0 or length < 0 or offset + length > self.size
+               for offset, length in ranges):
+            return super().read_many(ranges, what)  # which says what is missing
+        wanted: tuple[list, list] = ([], [])  # the top's pieces, the parent's
+        plans = []  # per range: (0 top | 1 parent | None zeros, index, length) pieces
+        for offset, length in ranges:
+            plan = []
+            for run in self.top.extents(offset, length):
+                below = min(run.length, max(self.parent.size - run.offset, 0))
+                src = 0 if run.kind is Alloc.DATA else 1 if run.kind is Alloc.HOLE and \
+                    below else None
+                n = run.length if src == 0 else below if src == 1 else 0
+                if src is not None:
+                    plan.append((src, len(wanted[src]), n))
+                    wanted[src].append((run.offset, n))
+                if run.length > n:  # zeros, or what lies past a shorter parent
+                    plan.append((None, 0, run.length - n))
+            plans.append(plan)
+        got = (self.top.read_many(wanted[0], what) if wanted[0] else [],
+               self.parent.read_many(wanted[1], what) if wanted[1] else [])
+        return [b"".join(bytes(n) if src is None else got[src][i] for src, i, n in plan)
+                for plan in plans]
 
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Run]:
         start, end = clip(self.size, offset, length)

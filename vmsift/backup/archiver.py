@@ -9,8 +9,9 @@ The pipeline per stream: the map says which cells are DATA; those are read in bl
 `AHEAD` jobs at once (scattered reads of a change hint overlap), and taken back in stream
 order; a job reads one block, or a batch of smaller ones up to `BLOCK` in all (a change
 hint's scattered cells: a hand-off and an index query per cell would cost more than the
-cell's reading), which it first tells the source about (`ByteSource.prefetch`), so that
-the disk has them all in its queue at once, and then asks the index about; the cells
+cell's reading), which it reads at once (`ByteSource.read_many`: cells that lie side by
+side on the disk in one read, the others all in the disk's queue together) and then asks
+the index about; the cells
 that neither the repository nor this backup has yet it also seals (zstd, AES-GCM). Taken
 back, new cells are appended to packs, which are stored by writer threads. The
 thread that drives all this makes few system calls of its own (see `ahead`): a change
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import contextlib
 import datetime as dt
 import fnmatch
 import functools
@@ -177,19 +177,13 @@ def _read_and_hash(writer: BlobWriter, src: ByteSource, blocks: list[tuple[int, 
     ids (see `BlobWriter.known`), and the sealed cells that neither the index nor the
     writer (`BlobWriter.pending`) had: a cell another job stores meanwhile is sealed in
     vain, never stored twice (the driving thread decides). A pool job: several reads are in
-    flight at once, so scattered reads overlap each other and the hashing; long ones go
-    past the page cache; the index query and the sealing are off the thread that drives
-    the backup."""
-    if len(blocks) > 1:  # scattered cells: the disk gets them all in its queue at once
-        with contextlib.suppress(VmsiftError):  # damage: for the reads to report (or salvage)
-            for pos, n in blocks:
-                if n < direct_io.MIN_LENGTH:  # longer ones are read past the page cache
-                    src.prefetch(pos, n)
-    out = []
-    for pos, n in blocks:
-        with direct_io.streaming():
-            data = src.read_exact(pos, n, "disk data")
-        out.append((data, _hash_block(writer.repo, data, cell)))
+    flight at once, so scattered reads overlap each other and the hashing; the blocks are
+    read together (`ByteSource.read_many`: what lies side by side on the disk is read at
+    once, the rest is in the disk's queue at once); long reads go past the page cache; the
+    index query and the sealing are off the thread that drives the backup."""
+    with direct_io.streaming():
+        datas = src.read_many(blocks, "disk data")
+    out = [(data, _hash_block(writer.repo, data, cell)) for data in datas]
     asked = writer.indexings  # before the query: an index written after it is noticed
     known = writer.repo.index.known([i for _, ids in out for i in ids if i is not None])
     keys, pending, sealed = writer.repo.keys, writer.pending, {}
@@ -575,7 +569,7 @@ def _store_links(repo: Repository, writer: BlobWriter, volume: Volume, folder: s
     for node in tree:
         if node.path == top:
             continue
-        disk = read_disk(volume, VmDisk("link", node.path, None))
+        disk = read_disk(volume, VmDisk("link", node.path, None), stored=False)
         if not disk.chain:
             raise VmsiftError(f"snapshot-tree file {node.path} cannot be read: {disk.problem}")
         candidates = [_as_entry(before[node.path]) if node.path in before else None,

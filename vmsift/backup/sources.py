@@ -146,7 +146,7 @@ def _vm_targets(volume: Volume, problems: list[str], vms=None) -> list[Target]:
     from ..datastore.vm import find_vms, open_vm_disk
 
     targets = []
-    for vm in find_vms(volume, problems) if vms is None else vms:
+    for vm in find_vms(volume, problems, stored=False) if vms is None else vms:
         taken: set[str] = set()
         disks = []
         for d in vm.disks:
@@ -173,7 +173,7 @@ def _vm_targets(volume: Volume, problems: list[str], vms=None) -> list[Target]:
 def _bare_disk(volume: Volume, rel: str, source: str) -> Target:
     from ..datastore.vm import VmDisk, read_disk
 
-    disk = read_disk(volume, VmDisk("disk", rel, None))
+    disk = read_disk(volume, VmDisk("disk", rel, None), stored=False)
     if disk.problem and not disk.chain:
         raise VmsiftError(disk.problem, source=source)
     facts = {**disk.facts, "chain": disk.chain, "change_tracking": disk.change_tracking}
@@ -221,11 +221,11 @@ def open_source(paths: list[str], problems: list[str]) -> Iterator[tuple[str, li
                 descriptor = [m.name for m in volume.index.members
                               if m.name.lower().endswith(".ovf")][:1]
                 yield "ova", _vm_targets(volume, problems, [
-                    vm for d in descriptor for vm in package_vms(volume, d)])
+                    vm for d in descriptor for vm in package_vms(volume, d, stored=False)])
             return
         with FolderVolume(os.path.dirname(os.path.abspath(first))) as volume:
             yield "ovf", _vm_targets(volume, problems, package_vms(
-                volume, os.path.basename(first)))
+                volume, os.path.basename(first), stored=False))
         return
     if len(paths) == 1 and os.path.isfile(first) and _is_vmdk(first):
         with FolderVolume(os.path.dirname(os.path.abspath(first))) as volume:

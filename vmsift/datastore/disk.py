@@ -10,7 +10,7 @@ to go on), loops are refused, and no name may lead out of the datastore.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +109,9 @@ class VirtualDisk(ByteSource):
 
     def prefetch(self, offset: int, length: int) -> None:
         self._flat.prefetch(offset, length)
+
+    def read_many(self, ranges: Sequence[tuple[int, int]], what: str = "data") -> list[bytes]:
+        return self._flat.read_many(ranges, what)
 
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Run]:
         return self._flat.extents(offset, length)

@@ -130,14 +130,17 @@ def _change_tracking(volume: Volume, disk: VirtualDisk) -> tuple[dict[str, Any] 
         return {"path": name, "error": str(e)}, None
 
 
-def read_disk(volume: Volume, disk: VmDisk) -> VmDisk:
-    """Fill ``disk`` (its ``path`` set) from its chain: capacity, chain, allocated bytes,
-    facts, identity and change tracking; what cannot be read goes to ``problem``."""
+def read_disk(volume: Volume, disk: VmDisk, *, stored: bool = True) -> VmDisk:
+    """Fill ``disk`` (its ``path`` set) from its chain: capacity, chain, facts, identity,
+    change tracking and (with ``stored``) allocated bytes; what cannot be read goes to
+    ``problem``. Counting the allocated bytes walks the map of every file of the chain: on a
+    large thin disk that is most of the work, and a backup does without it."""
     try:
         with open_disk(volume, disk.path, strict=False) as d:
             disk.capacity = d.size
             disk.chain = [link.path for link in d.chain]
-            disk.allocated = sum(link.allocated() for link in d.chain)
+            if stored:
+                disk.allocated = sum(link.allocated() for link in d.chain)
             disk.facts = _disk_facts(d)
             for link in d.chain:
                 disk.identity.append(file_identity(
@@ -158,14 +161,15 @@ def read_disk(volume: Volume, disk: VmDisk) -> VmDisk:
     return disk
 
 
-def _vmware_disk(volume: Volume, vmx_dir: str, device: vmx_mod.Device) -> VmDisk:
+def _vmware_disk(volume: Volume, vmx_dir: str, device: vmx_mod.Device, stored: bool
+                 ) -> VmDisk:
     disk = VmDisk(device.id, None, device.mode)
     try:
         disk.path = volume.resolve(vmx_dir, device.backing)
     except VmsiftError as e:
         disk.problem = str(e)
         return disk
-    return read_disk(volume, disk)
+    return read_disk(volume, disk, stored=stored)
 
 
 #: files of a VM folder that are not its small files: disks (stored as disks) and swap
@@ -201,10 +205,10 @@ def open_vm_disk(volume: Volume, disk: VmDisk, snapshot: str | None = None, *,
     return open_disk(volume, path, strict=strict, options=options)
 
 
-def _vmware(volume: Volume, path: str) -> VmRecord:
+def _vmware(volume: Volume, path: str, stored: bool) -> VmRecord:
     conf = vmx_mod.parse(_read(volume, path), path)
     folder = posixpath.dirname(path)
-    disks = [_vmware_disk(volume, folder, d) for d in conf.disks()
+    disks = [_vmware_disk(volume, folder, d, stored) for d in conf.disks()
              if d.backing and d.present is not False]
     vm = VmRecord("vmware", conf.name, path, conf.get("uuid.bios"), disks,
                   warnings=list(conf.dictionary.warnings))
@@ -235,7 +239,7 @@ def _repository_path(volume: Volume, cfg_path: str, disk: vmcfg.Disk) -> str | N
     return None
 
 
-def _oraclevm(volume: Volume, path: str) -> VmRecord:
+def _oraclevm(volume: Volume, path: str, stored: bool) -> VmRecord:
     from ..formats import vmcfg
 
     cfg = vmcfg.parse(_read(volume, path), path)
@@ -251,7 +255,8 @@ def _oraclevm(volume: Volume, path: str) -> VmRecord:
             disk.path = None
         else:
             with volume.open(disk.path) as src:
-                disk.capacity, disk.allocated = src.size, src.stored_bytes()
+                disk.capacity = src.size
+                disk.allocated = src.stored_bytes() if stored else None
                 disk.chain = [disk.path]
                 disk.identity = [file_identity(volume, disk.path, role="image")]
                 disk.facts = {"capacity": src.size, "create_type": "raw image"}
@@ -278,7 +283,7 @@ def oracle_vm_role(volume: Volume) -> dict[str, Any] | None:
     return None
 
 
-def _package_disk(volume: Volume, pkg, path: str, disk_id: str) -> VmDisk:
+def _package_disk(volume: Volume, pkg, path: str, disk_id: str, stored: bool) -> VmDisk:
     """A disk of an OVF package's VM: opened through the package to learn its facts."""
     from .ovf import StreamedDisk, open_package_disk
 
@@ -298,7 +303,8 @@ def _package_disk(volume: Volume, pkg, path: str, disk_id: str) -> VmDisk:
                 disk.problem, disk.chain = opened.REASON, []
                 disk.facts.update(capacity=opened.size, compression="gzip")
             else:
-                disk.allocated = sum(link.allocated() for link in opened.chain)
+                if stored:
+                    disk.allocated = sum(link.allocated() for link in opened.chain)
                 disk.facts.update(_disk_facts(opened))
                 disk.problem = "; ".join(opened.warnings) or None
     except VmsiftError as e:
@@ -306,9 +312,10 @@ def _package_disk(volume: Volume, pkg, path: str, disk_id: str) -> VmDisk:
     return disk
 
 
-def package_vms(volume: Volume, path: str) -> list[VmRecord]:
+def package_vms(volume: Volume, path: str, *, stored: bool = True) -> list[VmRecord]:
     """The VMs (one per VirtualSystem) of the OVF package (``.ovf`` or ``.ova``) at
-    ``path``; its small files are the descriptor, manifest and certificate of a ``.ovf``."""
+    ``path``; its small files are the descriptor, manifest and certificate of a ``.ovf``.
+    ``stored``: as for `find_vms`."""
     from .ovf import package_on
 
     assembly = "Assemblies" in path.split("/")[:-1]
@@ -317,7 +324,7 @@ def package_vms(volume: Volume, path: str) -> list[VmRecord]:
             p for p in (pkg.descriptor_path, pkg.manifest_path, pkg.certificate_path) if p]
         out = []
         for vs in pkg.envelope.systems:
-            disks = [_package_disk(volume, pkg, path, d) for d in vs.disk_ids()]
+            disks = [_package_disk(volume, pkg, path, d, stored) for d in vs.disk_ids()]
             out.append(VmRecord("ovf", vs.name or vs.id, path, None, disks,
                                 warnings=list(pkg.warnings), files=list(files),
                                 package={"kind": pkg.kind, "system": vs.id,
@@ -335,12 +342,14 @@ def _config_kind(name: str) -> str | None:
     return "ovf" if lower.endswith((".ovf", ".ova")) else None
 
 
-def find_vms(volume: Volume, problems: list[str] | None = None) -> Iterator[VmRecord]:
+def find_vms(volume: Volume, problems: list[str] | None = None, *, stored: bool = True
+             ) -> Iterator[VmRecord]:
     """Every VM configuration on the volume, as found by a walk from the root: ``.vmx``,
     Oracle VM ``vm.cfg`` (those under ``Templates/`` are templates) and OVF packages
     (``.ovf``, ``.ova``; an Oracle VM repository keeps them in ``Assemblies/``). With
     ``problems``, folders that cannot be read (a damaged or truncated image) are noted there
-    and the search goes on."""
+    and the search goes on. Without ``stored`` the disks' allocated bytes are not counted
+    (see `read_disk`)."""
     for folder, entries in volume.walk("", problems=problems):
         for entry in entries:
             if entry.type is not FileType.FILE or (kind := _config_kind(entry.name)) is None:
@@ -348,19 +357,21 @@ def find_vms(volume: Volume, problems: list[str] | None = None) -> Iterator[VmRe
             path = posixpath.join(folder, entry.name)
             if kind == "ovf":
                 try:
-                    yield from package_vms(volume, path)
+                    yield from package_vms(volume, path, stored=stored)
                 except VmsiftError as e:
                     yield VmRecord(kind, None, path, None, [], warnings=[str(e)])
                 continue
-            yield read_vm(volume, path)
+            yield read_vm(volume, path, stored=stored)
 
 
-def read_vm(volume: Volume, path: str) -> VmRecord:
+def read_vm(volume: Volume, path: str, *, stored: bool = True) -> VmRecord:
     """The VM whose configuration is ``path`` (a ``.vmx``, else an Oracle VM ``vm.cfg``; one
-    under ``Templates/`` is a template); damage goes to its warnings."""
+    under ``Templates/`` is a template); damage goes to its warnings. ``stored``: as for
+    `find_vms`."""
     kind = "vmware" if path.lower().endswith(".vmx") else "oraclevm"
     try:
-        vm = _vmware(volume, path) if kind == "vmware" else _oraclevm(volume, path)
+        reader = _vmware if kind == "vmware" else _oraclevm
+        vm = reader(volume, path, stored)
     except VmsiftError as e:
         return VmRecord(kind, None, path, None, [], warnings=[str(e)])
     vm.template = kind == "oraclevm" and "Templates" in posixpath.dirname(path).split("/")

@@ -34,11 +34,12 @@ class Target:
         return f"{self.source}:{volume_path}"
 
     def vms(self, problems: list[Problem]) -> Iterator[VmRecord]:
-        """The VM named, or every VM of the volume (unreadable folders go to ``problems``)."""
+        """The VM named, or every VM of the volume (unreadable folders go to ``problems``);
+        their disks' allocated bytes are not counted (no report needs them)."""
         if self.config is not None:
-            yield read_vm(self.volume, self.config)
+            yield read_vm(self.volume, self.config, stored=False)
         else:
-            yield from find_vms(self.volume, problems)
+            yield from find_vms(self.volume, problems, stored=False)
 
     @property
     def scope(self) -> str:
