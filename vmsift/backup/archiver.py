@@ -11,14 +11,13 @@ order; a job reads one block, or a batch of smaller ones up to `BLOCK` in all (a
 hint's scattered cells: a hand-off and an index query per cell would cost more than the
 cell's reading), which it reads at once (`ByteSource.read_many`: cells that lie side by
 side on the disk in one read, the others all in the disk's queue together) and then asks
-the index about; the cells
-that neither the repository nor this backup has yet it also seals (zstd, AES-GCM). Taken
-back, new cells are appended to packs, which are stored by writer threads. The
-thread that drives all this makes few system calls of its own (see `ahead`): a change
-hint's map and the previous backup's leaves are made ahead on a planner thread. An index
-object is stored after every `repository.INDEX_EVERY` packs and at the end, and only then
-the snapshot: a killed backup leaves packs no snapshot names, which `check` reports as
-unused and nothing else.
+the index about; the cells that neither the repository nor this backup has yet it also
+seals (zstd, AES-GCM). Taken back, new cells are appended to packs, which are stored by
+writer threads. The thread that drives all this makes few system calls of its own (see
+`ahead`): a change hint's map and the previous backup's leaves are made ahead on a planner
+thread. An index object is stored after every `repository.INDEX_EVERY` packs and at the
+end, and only then the snapshot: a killed backup leaves packs no snapshot names, which
+`check` reports as unused and nothing else.
 """
 
 from __future__ import annotations

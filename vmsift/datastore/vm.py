@@ -41,7 +41,7 @@ class VmDisk:
     path: str | None          # volume path of the disk file (None when not on this volume)
     mode: str | None
     capacity: int | None = None
-    allocated: int | None = None  # bytes stored by all files of the chain
+    allocated: int | None = None  # bytes stored by all files of the chain (None: not counted)
     chain: list[str] = field(default_factory=list)
     problem: str | None = None
     facts: dict[str, Any] = field(default_factory=dict)        # adapter, geometry, cid ...
