@@ -390,6 +390,14 @@ class SparseExtent(ByteSource):
                     yield base + i, table[i], 1
             grain = stop
 
+    def _data_grains(self, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+        """(grain, table entry, lo, hi) of each DATA grain holding bytes of [start, end),
+        ``[lo, hi)`` being its part of that range (virtual offsets)."""
+        gb = self.grain_bytes
+        for grain, entry, _ in self.grain_entries(start // gb, -(-end // gb)):
+            if self._kind(entry) is Alloc.DATA:
+                yield grain, entry, max(grain * gb, start), min((grain + 1) * gb, end)
+
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Run]:
         start, end = clip(self.size, offset, length)
         gb, per_gt = self.grain_bytes, self.header.num_gtes_per_gt
@@ -478,11 +486,8 @@ class SparseExtent(ByteSource):
         if self.compressed:  # where a compressed grain ends is known once it is read
             return
         start, end = clip(self.size, offset, length)
-        gb = self.grain_bytes
-        for grain, entry, _ in self.grain_entries(start // gb, -(-end // gb)):
-            if self._kind(entry) is Alloc.DATA:
-                lo, hi = max(grain * gb, start), min((grain + 1) * gb, end)
-                self.file.prefetch(entry * SECTOR + lo - grain * gb, hi - lo)
+        for grain, entry, lo, hi in self._data_grains(start, end):
+            self.file.prefetch(entry * SECTOR + lo - grain * self.grain_bytes, hi - lo)
 
     def read_many(self, ranges: Sequence[tuple[int, int]], what: str = "data") -> list[bytes]:
         """The grains of all ranges in one `read_many` of the file: grains that lie side by
@@ -493,10 +498,8 @@ class SparseExtent(ByteSource):
         gb = self.grain_bytes
         pieces: list[tuple[int, int, int, int]] = []  # (range, virtual offset, file offset, n)
         for k, (offset, length) in enumerate(ranges):
-            for grain, entry, _ in self.grain_entries(offset // gb, -(-(offset + length) // gb)):
-                if self._kind(entry) is Alloc.DATA:
-                    lo, hi = max(grain * gb, offset), min((grain + 1) * gb, offset + length)
-                    pieces.append((k, lo, entry * SECTOR + lo - grain * gb, hi - lo))
+            for grain, entry, lo, hi in self._data_grains(offset, offset + length):
+                pieces.append((k, lo, entry * SECTOR + lo - grain * gb, hi - lo))
         try:
             data = self.file.read_many([(f, n) for _, _, f, n in pieces], "grain data")
         except TruncatedError:  # range by range: `read` says which grain (or salvages it)
@@ -528,10 +531,7 @@ class SparseExtent(ByteSource):
                 pending.clear()
 
         packed: list[tuple[int, int, int, int]] = []  # (lo, hi, grain, entry) to inflate
-        for grain, entry, count in self.grain_entries(start // gb, -(-end // gb)):
-            if self._kind(entry) is not Alloc.DATA:
-                continue
-            lo, hi = max(grain * gb, start), min((grain + 1) * gb, end)
+        for grain, entry, lo, hi in self._data_grains(start, end):
             if self.compressed:
                 packed.append((lo, hi, grain, entry))
                 continue
