@@ -484,6 +484,39 @@ def test_unchanged_manifest_leaves_are_kept_whole(tmp_path, cache, monkeypatch):
         assert (out / "d.raw").read_bytes() == expected
 
 
+def test_chain_hint_reads_its_cells_without_the_map(tmp_path, cache, monkeypatch):
+    """What a chain's deltas hold is never a hole, so the chain hint reads its cells without
+    walking the disk's map; a grain the delta marks zero (over data and over a hole of the
+    base) is still recorded as ZERO, and the stream equals a full read's."""
+    from vmsift.backup.archiver import backup
+    from vmsift.backup.repository import Repository
+    from vmsift.datastore.disk import VirtualDisk
+
+    vm, repo = tmp_path / "vm", tmp_path / "repo"
+    _vm_of_five_leaves(vm, repo)
+    backup_json(repo, vm)
+    delta = vm / "d-000001.vmdk"
+    run("qemu-img", "create", "-q", "-f", "vmdk", "-o", "zeroed_grain=on", "-b", "d.vmdk",
+        "-F", "vmdk", delta)
+    qemu_io(delta, "write -P 0x31 10M 64k", "write -z 0 64k", "write -z 5M 64k")
+    (vm / "v.vmx").write_text((vm / "v.vmx").read_text().replace('"d.vmdk"', '"d-000001.vmdk"'))
+
+    def no_map(self, offset=0, length=None):
+        raise AssertionError("the map was asked for")
+
+    with monkeypatch.context() as patch, Repository.open(str(repo)) as library:
+        patch.setattr(VirtualDisk, "extents", no_map)
+        (hinted,) = backup(library, [str(vm)]).snapshots
+    stats = hinted.disk("d.vmdk").stats
+    assert stats["hint"] == "chain" and stats["read"] == 3 * 64 * 1024
+    with Repository.open(str(repo)) as library:
+        (full,) = backup(library, [str(vm)], hints="off").snapshots
+        assert full.disk("d.vmdk").stats["hint"] == "none"
+        assert hinted.disk("d.vmdk").stream == full.disk("d.vmdk").stream
+    ok("restore", "-r", repo, "latest", "--disk", "d.vmdk", "--target", tmp_path / "r")
+    assert (tmp_path / "r" / "d.raw").read_bytes() == convert(delta, tmp_path / "q.raw")
+
+
 def test_a_previous_backup_the_index_lost_is_not_taken_over(tmp_path, cache, monkeypatch):
     """When the index no longer has the previous backup's manifest leaves (its index objects
     lost, read from a new cache), a hint is not followed: the disk is read in full, the

@@ -31,7 +31,7 @@ import os
 import posixpath
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .. import direct_io
@@ -41,7 +41,7 @@ from ..datastore.volume import Volume
 from ..errors import VmsiftError
 from ..source import Alloc, ByteSource
 from .ahead import Ahead
-from .chunker import MapWindow, cell_count
+from .chunker import MapWindow, Segment, cell_count
 from .manifest import LEAF_CELLS, Leaf, LeafBuilder, leaf_cells
 from .pack import MAX_BLOBS, BlobType, PackEntry, PackWriter
 from .repository import INDEX_EVERY, Repository
@@ -302,11 +302,14 @@ def cell_plan(changed: list[tuple[int, int]] | None, cell: int, cells: int
 
 def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
                  progress: Progress | None = None, base=None,
-                 changed: list[tuple[int, int]] | None = None) -> tuple[Stream, StreamStats]:
+                 changed: list[tuple[int, int]] | None = None, allocated: bool = False
+                 ) -> tuple[Stream, StreamStats]:
     """Store ``src`` as a stream; return it and what it took. With ``base`` (the previous
     backup of the same disk, a `StreamSource`) and ``changed`` (byte ranges a change hint
     says may differ from it), only the cells those ranges touch are read; the others are
-    the previous backup's."""
+    the previous backup's. ``allocated``: no byte of ``changed`` is a HOLE in ``src``, so
+    the cells it touches are read without asking the map (one read as zeros is recorded as
+    ZERO, as the map would have it)."""
     started = time.monotonic()
     cell = repo.cell_size
     out = StreamWriter(repo, writer, src.size)
@@ -375,7 +378,9 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
 
     def read_cells(first: int, count: int) -> None:
         nonlocal hashed_ahead
-        for seg in window.segments(first, count):
+        segs = [Segment(first, count, Alloc.DATA)] if allocated else window.segments(first,
+                                                                                    count)
+        for seg in segs:
             if seg.kind is not Alloc.DATA:
                 n = min(seg.count * cell, src.size - seg.first * cell)
                 pending.append(functools.partial(empty, seg.kind, seg.count, n))
@@ -493,7 +498,7 @@ def _best_hint(volume: Volume | None, facts: dict, identity: list, src: ByteSour
         if other is not None:
             hint = choose(volume, {}, identity, src, other, cell)
             if hint.changed is not None and hint.kind != "identity":
-                return Hint(hint.kind, hint.changed, first.notes + hint.notes), other
+                return replace(hint, notes=first.notes + hint.notes), other
     return first, None
 
 
@@ -519,7 +524,8 @@ def _store_hinted(repo: Repository, writer: BlobWriter, src: ByteSource, name: s
     if hints == "verify" or hint.changed is None:
         stream, stats = store_stream(repo, writer, src, progress)
     else:
-        stream, stats = store_stream(repo, writer, src, progress, base, hint.changed)
+        stream, stats = store_stream(repo, writer, src, progress, base, hint.changed,
+                                     hint.allocated)
     if hints == "verify" and base is not None and hint.changed is not None:
         writer.flush_pack()
         writer.flush_index()  # the new chunks must be indexed to read the new stream

@@ -36,6 +36,9 @@ class Hint:
     kind: str                    # ctk | chain | identity | none
     changed: Ranges | None       # byte ranges to read; None: all of it
     notes: list[str] = field(default_factory=list)
+    # every byte of ``changed`` is DATA or ZERO in the disk (what a chain's deltas hold), so
+    # no changed cell is a HOLE: each can be read without asking the disk's map
+    allocated: bool = False
 
 
 def _files(identity: list[dict[str, Any]]) -> list[tuple]:
@@ -115,7 +118,7 @@ def choose(volume: Volume | None, facts: dict, identity: list, disk: ByteSource,
         return Hint("ctk", changed, notes)
     changed = _chain(disk, identity, parent, notes)
     if changed is not None:
-        return Hint("chain", changed, notes)
+        return Hint("chain", changed, notes, allocated=True)
     if _files(identity) == _files(parent.identity):
         return Hint("identity", [], notes)
     notes.append("the disk's files changed and no other hint applies: read in full")
