@@ -484,6 +484,39 @@ def test_unchanged_manifest_leaves_are_kept_whole(tmp_path, cache, monkeypatch):
         assert (out / "d.raw").read_bytes() == expected
 
 
+def test_leaves_a_hinted_backup_builds_from_are_loaded_once_in_batches(tmp_path, cache,
+                                                                       monkeypatch):
+    """The previous backup's leaves that changed cells split are loaded each once, a batch
+    at a time (here 2), and the leaves rebuilt from them are the ones a full read makes."""
+    from vmsift.backup.archiver import backup
+    from vmsift.backup.repository import Repository, StreamSource
+
+    vm, repo = tmp_path / "vm", tmp_path / "repo"
+    _vm_of_five_leaves(vm, repo)
+    backup_json(repo, vm)
+    delta = vm / "d-000001.vmdk"
+    run("qemu-img", "create", "-q", "-f", "vmdk", "-b", "d.vmdk", "-F", "vmdk", delta)
+    # two changes in the first leaf, one in the third, fourth and fifth
+    qemu_io(delta, *(f"write -P 0x41 {at} 64k" for at in ("64k", "2M", "10M", "13M", "17M")))
+    (vm / "v.vmx").write_text((vm / "v.vmx").read_text().replace('"d.vmdk"', '"d-000001.vmdk"'))
+    batches: list[list[int]] = []
+    load = StreamSource.indexed_leaves
+
+    def counted(self, indices):
+        batches.append(list(indices))
+        return load(self, indices)
+
+    monkeypatch.setattr(StreamSource, "LEAVES_AT_ONCE", 2)
+    with monkeypatch.context() as patch, Repository.open(str(repo)) as library:
+        patch.setattr(StreamSource, "indexed_leaves", counted)
+        (hinted,) = backup(library, [str(vm)]).snapshots
+    assert hinted.disk("d.vmdk").stats["hint"] == "chain"
+    assert batches == [[0, 2], [3, 4]]
+    with Repository.open(str(repo)) as library:
+        (full,) = backup(library, [str(vm)], hints="off").snapshots
+    assert hinted.disk("d.vmdk").stream == full.disk("d.vmdk").stream
+
+
 def test_chain_hint_reads_its_cells_without_the_map(tmp_path, cache, monkeypatch):
     """What a chain's deltas hold is never a hole, so the chain hint reads its cells without
     walking the disk's map; a grain the delta marks zero (over data and over a hole of the

@@ -30,7 +30,7 @@ import functools
 import os
 import posixpath
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -56,7 +56,6 @@ COPIES_AHEAD = 4096      # runs of unread cells queued behind them
 PUTTERS = 2             # packs stored at once (a local disk gains queue depth; S3 more)
 PUTS_AHEAD = 4          # packs (16 MiB each) waiting to be stored
 MAP_WINDOW = 1024       # cells of the map asked for at once for a change hint's spans
-LEAVES_AHEAD = 8        # the previous backup's leaves (up to ~100 KiB each) loaded ahead
 
 Progress = Callable[[int], None]
 
@@ -300,6 +299,50 @@ def cell_plan(changed: list[tuple[int, int]] | None, cell: int, cells: int
     return plan
 
 
+def _leaf_pieces(first: int, count: int, cells: int, base_cells: int
+                 ) -> Iterator[tuple[int, int, int, bool]]:
+    """Cells ``[first, first + count)`` of a stream of ``cells`` cut at its leaves: (leaf,
+    first, stop, whole?). A whole leaf (of a base of as many cells) is taken over by id,
+    without loading it (an unchanged 2 TiB disk has 32,768 leaves of up to 33 KiB); the
+    others are built from the records of the base's leaf."""
+    end = first + count
+    while first < end:
+        leaf = first // LEAF_CELLS
+        leaf_end = min((leaf + 1) * LEAF_CELLS, cells)
+        stop = min(end, leaf_end)
+        yield leaf, first, stop, (first == leaf * LEAF_CELLS and stop == leaf_end and
+                                  base_cells == cells)
+        first = stop
+
+
+class _LeafLoader:
+    """The base's leaves that a stream builds from (``wanted``, in stream order), loaded
+    `StreamSource.LEAVES_AT_ONCE` at a time: the first batch at once, before the stream's
+    reads fill the pool, each next one on ``planner`` while the stream uses the one before.
+    A leaf loaded by itself costs an index query, a read and a wait for the interpreter
+    lock after each: the stream waited for them."""
+
+    def __init__(self, planner: concurrent.futures.Executor, base, wanted: Iterable[int]):
+        self.base, self.wanted = base, list(dict.fromkeys(wanted))  # each leaf once
+        self.per = base.LEAVES_AT_ONCE
+        self.batch_of = {leaf: i // self.per for i, leaf in enumerate(self.wanted)}
+        self._batches = Ahead(planner, self._load, 2)
+        if self.wanted:
+            self._batches.get(0)
+
+    def _load(self, k: int) -> dict[int, Leaf]:
+        return self.base.indexed_leaves(self.wanted[k * self.per:(k + 1) * self.per])
+
+    def want(self, leaf: int) -> None:
+        k = self.batch_of[leaf]
+        self._batches.want(k)
+        if (k + 1) * self.per < len(self.wanted):
+            self._batches.want(k + 1)
+
+    def get(self, leaf: int) -> Leaf:
+        return self._batches.get(self.batch_of[leaf])[leaf]
+
+
 def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
                  progress: Progress | None = None, base=None,
                  changed: list[tuple[int, int]] | None = None, allocated: bool = False
@@ -324,7 +367,8 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
     # cells need, are made ahead on a thread of their own (not queued behind the pool's reads)
     planner = concurrent.futures.ThreadPoolExecutor(1, "vmsift-plan")
     window = MapWindow(src, cell, MAP_WINDOW, planner)
-    leaves = Ahead(planner, base.indexed_leaf, LEAVES_AHEAD) if base is not None else None
+    plan = cell_plan(changed if base is not None else None, cell, out.cells)
+    leaves: _LeafLoader | None = None
 
     def submit(b: _Batch) -> None:
         nonlocal hashed_ahead, batch
@@ -422,25 +466,22 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
             progress(nbytes)
 
     def copy_cells(first: int, count: int) -> None:
-        end = first + count
-        while first < end:  # leaf by leaf
-            leaf = first // LEAF_CELLS
-            leaf_end = min((leaf + 1) * LEAF_CELLS, out.cells)
-            stop = min(end, leaf_end)
-            if first == leaf * LEAF_CELLS and stop == leaf_end and base.cells == out.cells:
-                # the whole leaf is the previous backup's: its id, without loading it (an
-                # unchanged 2 TiB disk has 32,768 leaves of up to 33 KiB)
-                pending.append(functools.partial(keep_leaf, leaf, first, stop))
+        for leaf, lo, hi, whole in _leaf_pieces(first, count, out.cells, base.cells):
+            if whole:
+                pending.append(functools.partial(keep_leaf, leaf, lo, hi))
             else:
                 leaves.want(leaf)
-                pending.append(functools.partial(copy_records, first, stop))
-            first = stop
+                pending.append(functools.partial(copy_records, lo, hi))
             while len(pending) > COPIES_AHEAD:  # a hint of many small ranges: bound it
                 take()
 
     try:
-        for first, count, read in cell_plan(changed if base is not None else None, cell,
-                                            out.cells):
+        if base is not None:
+            leaves = _LeafLoader(planner, base, (
+                leaf for first, count, read in plan if not read
+                for leaf, _, _, whole in _leaf_pieces(first, count, out.cells, base.cells)
+                if not whole))
+        for first, count, read in plan:
             (read_cells if read else copy_cells)(first, count)
         while pending:
             take()

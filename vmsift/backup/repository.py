@@ -381,6 +381,13 @@ class StreamSource(ByteSource):
         each partly changed leaf from its previous one)."""
         return self._once(self._indexed, i, lambda: self._load_leaf(i))
 
+    def indexed_leaves(self, indices: list[int]) -> dict[int, Leaf]:
+        """`indexed_leaf` of several leaves at once, not cached (`Repository.load_blobs`:
+        one index query, neighbours in a pack with one read)."""
+        ids = [bytes.fromhex(self.stream.leaves[i]) for i in indices]
+        raws = self.repo.load_blobs(ids)
+        return {i: self._load_leaf(i, raws[leaf_id]) for i, leaf_id in zip(indices, ids)}
+
     def _load_leaf(self, i: int, raw: bytes | None = None) -> Leaf:
         if raw is None:
             raw = self.repo.load_blob(bytes.fromhex(self.stream.leaves[i]), cache=False)
@@ -428,11 +435,9 @@ class StreamSource(ByteSource):
         answers each in tens of milliseconds, and a 2 TiB disk has 32,768 leaves)."""
         total = 0
         for first in range(0, len(self.stream.leaves), self.LEAVES_AT_ONCE):
-            ids = [bytes.fromhex(x)
-                   for x in self.stream.leaves[first:first + self.LEAVES_AT_ONCE]]
-            raws = self.repo.load_blobs(ids)
-            for i, leaf_id in enumerate(ids, first):
-                leaf = self._load_leaf(i, raws[leaf_id])
+            leaves = self.indexed_leaves(list(range(
+                first, min(first + self.LEAVES_AT_ONCE, len(self.stream.leaves)))))
+            for leaf in leaves.values():
                 total += leaf.data_before[-1] * self.cell
         cut = self.cells * self.cell - self.size  # bytes the last cell lacks
         if cut and leaf.is_data(leaf.starts[-1] - 1):
