@@ -14,10 +14,10 @@ side on the disk in one read, the others all in the disk's queue together) and t
 the index about; the cells that neither the repository nor this backup has yet it also
 seals (zstd, AES-GCM). Taken back, new cells are appended to packs, which are stored by
 writer threads. The thread that drives all this makes few system calls of its own (see
-`ahead`): a change hint's map and the previous backup's leaves are made ahead on a planner
-thread. An index object is stored after every `repository.INDEX_EVERY` packs and at the
-end, and only then the snapshot: a killed backup leaves packs no snapshot names, which
-`check` reports as unused and nothing else.
+`ahead`): a change hint's map and the previous backup's leaves (in batches) are made ahead
+on a planner thread; the chain hint's cells need no map. An index object is stored after
+every `repository.INDEX_EVERY` packs and at the end, and only then the snapshot: a killed
+backup leaves packs no snapshot names, which `check` reports as unused and nothing else.
 """
 
 from __future__ import annotations
@@ -422,8 +422,8 @@ def store_stream(repo: Repository, writer: BlobWriter, src: ByteSource,
 
     def read_cells(first: int, count: int) -> None:
         nonlocal hashed_ahead
-        segs = [Segment(first, count, Alloc.DATA)] if allocated else window.segments(first,
-                                                                                    count)
+        segs = ([Segment(first, count, Alloc.DATA)] if allocated
+                else window.segments(first, count))
         for seg in segs:
             if seg.kind is not Alloc.DATA:
                 n = min(seg.count * cell, src.size - seg.first * cell)
