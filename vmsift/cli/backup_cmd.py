@@ -4,8 +4,10 @@ repository (one snapshot per VM)."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import sys
+import threading
 
 import click
 
@@ -72,7 +74,13 @@ def backup_cmd(repo_path: str, password_file: str | None, source: str, spans: tu
     its current state; a disk that cannot be read is reported and skipped (exit 10). A disk
     backed up before is read only where a change hint (change tracking, new snapshot deltas,
     unchanged files) says it may have changed."""
-    from ..backup.archiver import backup
+    from ..backup import repository  # noqa: F401 - before the thread below, not beside it
+
+    # The engine is imported on a thread while the repository opens: an encrypted one
+    # derives its key first (scrypt, 0.2 s), which lets go of the interpreter lock.
+    engine = threading.Thread(target=importlib.import_module, args=("vmsift.backup.archiver",),
+                              name="vmsift-import")
+    engine.start()
 
     def events(e: dict) -> None:
         if as_json:
@@ -91,6 +99,9 @@ def backup_cmd(repo_path: str, password_file: str | None, source: str, spans: tu
 
     with open_repo(repo_path, password_file) as repo, \
             repo.lock(exclusive=False, wait=parse_duration(retry_lock)), bars:
+        engine.join()
+        from ..backup.archiver import backup  # (an error importing it is raised here)
+
         hints = "verify" if verify_hints else "off" if no_hints else "auto"
         result = backup(repo, [source, *spans], vms=vms, disks=disks, tags=tags, host=host,
                         hints=hints, chain=chain, events=events, progress=progress)
