@@ -55,6 +55,12 @@ def clip(size: int, offset: int, length: int | None) -> tuple[int, int]:
     return min(offset, size), end
 
 
+def inside(size: int, ranges: Sequence[tuple[int, int]]) -> bool:
+    """Whether every ``(offset, length)`` of ``ranges`` lies within ``[0, size)``."""
+    return all(offset >= 0 and length >= 0 and offset + length <= size
+               for offset, length in ranges)
+
+
 def merge_runs(runs: Iterator[Run]) -> Iterator[Run]:
     """Join adjacent runs of the same kind."""
     pending: Run | None = None
@@ -336,8 +342,7 @@ class SliceSource(ByteSource):
         self.parent.prefetch(self.start + start, end - start)
 
     def read_many(self, ranges: Sequence[tuple[int, int]], what: str = "data") -> list[bytes]:
-        if any(offset < 0 or length < 0 or offset + length > self.size
-               for offset, length in ranges):
+        if not inside(self.size, ranges):
             return super().read_many(ranges, what)  # which says what is missing
         return self.parent.read_many([(self.start + o, n) for o, n in ranges], what)
 
@@ -458,8 +463,7 @@ class OverlaySource(ByteSource):
     def read_many(self, ranges: Sequence[tuple[int, int]], what: str = "data") -> list[bytes]:
         """The top's pieces of all ranges in one `read_many` of the top, the parent's in one
         of the parent."""
-        if any(offset < 0 or length < 0 or offset + length > self.size
-               for offset, length in ranges):
+        if not inside(self.size, ranges):
             return super().read_many(ranges, what)  # which says what is missing
         wanted: tuple[list, list] = ([], [])  # the top's pieces, the parent's
         plans = []  # per range: (0 top | 1 parent | None zeros, index, length) pieces

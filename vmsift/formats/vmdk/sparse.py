@@ -20,7 +20,7 @@ from ..layout import Bytes, Const, Int8ul, Int16ul, Int32ul, Int64ul, Struct
 from ...cache import LruCache
 from ...errors import FormatError, Problem, TruncatedError, check_limit
 from ...report import Report, Table
-from ...source import Alloc, ByteSource, Run, clip, merge_runs
+from ...source import Alloc, ByteSource, Run, clip, inside, merge_runs
 from . import descriptor as descriptor_mod
 
 try:  # zlib-ng inflates grains 4-5x faster than zlib (docs/benchmarks.md); same streams
@@ -492,8 +492,7 @@ class SparseExtent(ByteSource):
     def read_many(self, ranges: Sequence[tuple[int, int]], what: str = "data") -> list[bytes]:
         """The grains of all ranges in one `read_many` of the file: grains that lie side by
         side there (written one after another) are read as one."""
-        if self.compressed or any(offset < 0 or length < 0 or offset + length > self.size
-                                  for offset, length in ranges):
+        if self.compressed or not inside(self.size, ranges):
             return super().read_many(ranges, what)
         gb = self.grain_bytes
         pieces: list[tuple[int, int, int, int]] = []  # (range, virtual offset, file offset, n)
